@@ -1,0 +1,65 @@
+"""The command line every entry point shares: `--config path.py[:arg]`, `--config.a.b=v`, `--workdir`.
+
+Usage in an entry point module:
+
+    from cm3leon_jax import cli
+
+    def main(cfg: ml_collections.ConfigDict, workdir: str) -> None: ...
+
+    if __name__ == "__main__":
+        cli.run(main, default_config="demo.py")
+
+`default_config` names a file in `experiments/`, used when `--config` is not given (overrides still
+work: the default is inserted into argv before absl parses it). Config errors are reported as one
+clear line (`ConfigError`), not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from typing import Callable, Optional
+
+from absl import app, flags, logging
+import ml_collections
+from ml_collections import config_flags
+
+from cm3leon_jax.config import ConfigError
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file: experiments/<name>.py[:arg]. Override fields with --config.a.b=v.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything this run writes.")
+
+Main = Callable[[ml_collections.ConfigDict, str], None]
+
+
+def _with_default_config(argv: list[str], default_config: Optional[str]) -> list[str]:
+    has_config = any(a == "--config" or a.startswith("--config=") for a in argv)
+    if has_config or default_config is None:
+        return argv
+    return [argv[0], f"--config={EXPERIMENTS / default_config}", *argv[1:]]
+
+
+def run(main: Main, default_config: Optional[str] = None, require_workdir: bool = True) -> None:
+    """Parses flags and calls `main(config, workdir)`; ConfigError exits with status 2 and a message."""
+
+    def _main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if _CONFIG.value is None:
+            raise app.UsageError("--config is required, e.g. --config experiments/demo.py")
+        if require_workdir and not _WORKDIR.value:
+            raise app.UsageError("--workdir is required")
+        try:
+            main(_CONFIG.value, _WORKDIR.value)
+        except ConfigError as error:
+            logging.error("%s", error)
+            print(f"config error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(_main, argv=_with_default_config(sys.argv, default_config))
