@@ -193,3 +193,18 @@ class DataConfig(Section):
 
 def data_config(cfg: ml_collections.ConfigDict) -> DataConfig:
     return section(cfg, "data", DataConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections added by later stages. Each block below is owned by one stage; keep them in this order.
+# --------------------------------------------------------------------------------------------------
+
+# <<section:model>>
+
+# <<section:tokenizers>>
+
+# <<section:retrieval>>
+
+# <<section:cm3>>
+
+# <<section:train>>
