@@ -25,6 +25,7 @@ setuptools.setup(
         "pillow",
         "absl-py",
         "etils[epath]",
+        "importlib_resources",  # tensorflow-datasets imports it without declaring it
     ],
     extras_require={
         # torch must be installed as `torch==2.13.0` *before* this extra (see .ci/run): an unpinned

@@ -181,12 +181,18 @@ def parse_caption(text: str) -> Optional[list[tuple[str, str, str, int]]]:
 # Questions and answers
 # --------------------------------------------------------------------------------------------------
 
-def _name(obj: Obj, objects: Sequence[Obj]) -> str:
-    """The shortest unambiguous noun phrase for `obj` among `objects`."""
+def _name(obj: Obj, objects: Sequence[Obj], asking: str = "") -> str:
+    """The shortest unambiguous noun phrase for `obj` among `objects` that does not use the attribute
+    being asked about (`asking` in "colour" / "position"), so no question gives its answer away."""
     if sum(o.shape == obj.shape for o in objects) == 1:
         return f"the {obj.shape}"
-    if sum((o.shape, o.colour) == (obj.shape, obj.colour) for o in objects) == 1:
+    if asking != "colour" and \
+            sum((o.shape, o.colour) == (obj.shape, obj.colour) for o in objects) == 1:
         return f"the {obj.colour} {obj.shape}"
+    if asking != "position":
+        return f"the {obj.shape} {POSITION_PHRASES[obj.position]}"
+    if sum((o.shape, o.size) == (obj.shape, obj.size) for o in objects) == 1:
+        return f"the {obj.size} {obj.shape}"
     return f"the {obj.size} {obj.colour} {obj.shape}"
 
 
@@ -195,8 +201,10 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
     objs = scene.objects
     qa = [("how many objects are there?", NUMBER_WORDS[len(objs)])]
     for obj in objs:
-        qa.append((f"what colour is {_name(obj, objs)}?", obj.colour))
-        qa.append((f"where is {_name(obj, objs)}?", POSITIONS[obj.position]))
+        qa.append((f"what colour is {_name(obj, objs, 'colour')}?", obj.colour))
+        where = _name(obj, objs, "position")
+        if sum(_name(o, objs, "position") == where for o in objs) == 1:
+            qa.append((f"where is {where}?", POSITIONS[obj.position]))
         if sum(o.colour == obj.colour for o in objs) == 1:
             qa.append((f"what shape is the {obj.colour} object?", obj.shape))
     shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], COLOUR_NAMES[int(rng.integers(6))]

@@ -1,0 +1,65 @@
+"""Config validation: bad values fail before anything is built, naming the field and the fix."""
+
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from cm3leon_jax import config
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _data(**fields):
+    return config.data_config(ml_collections.ConfigDict({"data": fields}))
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"source": "laion"}, r"config.data.source='laion': must be one of 'shapes', 'folder'"),
+    ({"image_size": 20}, r"config.data.image_size=20: must be divisible by"),
+    ({"image_size": 512}, r"config.data.image_size=512: must be in \[16, 256\]"),
+    ({"num_train": -5}, r"config.data.num_train=-5: must be positive"),
+    ({"num_train": "many"}, r"config.data.num_train='many': must be of type int"),
+    ({"max_objects": 4}, r"config.data.max_objects=4: must be in \[1, 3\]"),
+    ({"source": "folder"}, r"config.data.folder='': must name the user folder"),
+    ({"imag_size": 32}, r"config.data has unknown field\(s\) imag_size; known fields: .*image_size"),
+])
+def test_bad_data_values_are_named(fields, message):
+    with pytest.raises(config.ConfigError, match=message):
+        _data(**fields)
+
+
+def test_missing_section_is_named():
+    with pytest.raises(config.ConfigError, match="config.data is missing"):
+        config.data_config(ml_collections.ConfigDict({}))
+
+
+def test_defaults_and_int_for_float():
+    data = _data(textured_fraction=1)
+    assert data.textured_fraction == 1.0 and isinstance(data.textured_fraction, float)
+    assert data.image_size == 32
+
+
+def test_every_experiment_config_loads():
+    """Each experiments/*.py has get_config(arg) and a docstring with its command."""
+    import importlib.util
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.__doc__ and "python -m cm3leon_jax." in module.__doc__, path
+        cfg = module.get_config(None)
+        assert isinstance(cfg, ml_collections.ConfigDict), path
+        if "data" in cfg:
+            config.data_config(cfg)
+
+
+def test_command_line_override_error_exits_2_with_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cm3leon_jax.demo", "--workdir", str(tmp_path),
+         "--config.data.image_size=20"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config.data.image_size=20: must be divisible by" in result.stderr
+    assert not (tmp_path / "metrics.json").exists()
