@@ -200,11 +200,712 @@ def data_config(cfg: ml_collections.ConfigDict) -> DataConfig:
 # --------------------------------------------------------------------------------------------------
 
 # <<section:model>>
+# --------------------------------------------------------------------------------------------------
+# model + mesh: the decoder and how it is laid out on devices (issue 5)
+# --------------------------------------------------------------------------------------------------
+
+MODEL_PRESETS = ("cm3leon", "chameleon")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+    """The decoder-only transformer (`cm3leon_jax/models/decoder.py`).
+
+    preset: the block family. `cm3leon` (OPT/metaseq-like): pre-LayerNorm without scale or shift,
+      GELU MLP, learned absolute positions. `chameleon` (Llama-like): RMSNorm, SwiGLU MLP, RoPE.
+      Both have no biases; `qk_norm`, `swin_norm`, `num_kv_heads` and `tie_embeddings` are separate
+      switches (experiments/chameleon_7b.py turns on what Chameleon uses).
+    vocab_size / num_layers / d_model / num_heads: the usual sizes; d_model % num_heads == 0.
+    num_kv_heads: key/value heads for grouped-query attention; 0 means num_heads (plain multi-head).
+    head_dim: width of one attention head; 0 means d_model // num_heads (then d_model must be
+      divisible by num_heads). Set explicitly only for Gemma-style wide heads.
+    mlp_dim: hidden width of the MLP; 0 means the preset's default (cm3leon: 4 * d_model;
+      chameleon: 8/3 * d_model rounded up to a multiple of 256, the Llama rule, 11008 at 4096).
+    max_seq_len: longest sequence (and the size of cm3leon's position table).
+    tie_embeddings: the output projection reuses the token embedding table.
+    dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of the weights
+      (keep float32 for training; softmax, norms and the loss always run in float32).
+    remat: what the backward pass recomputes instead of storing, per block: `none` (store all),
+      `full` (store only each block's input), `dots_saveable` / `dots_with_no_batch_dims_saveable`
+      (store matmul outputs, recompute the cheap elementwise work).
+    scan_layers: run the blocks with one `nn.scan` (stacked weights with a leading `layers` axis:
+      compile time independent of depth) instead of a Python loop of separately named blocks.
+    z_loss: weight of the auxiliary z-loss, z_loss * log(Z)^2 per token (Chameleon uses 1e-5).
+    attention: implementation of the attention function (`models/attention.py`): `xla` (einsum +
+      masked float32 softmax, runs anywhere) or `cudnn` (fused kernel, NVIDIA GPUs only).
+    swin_norm: Chameleon's norm reordering: normalise each sub-block's output before the residual
+      add instead of its input.
+    qk_norm: LayerNorm over each head's queries and keys (per-head weight and bias) before RoPE.
+    rope_theta: RoPE base frequency (chameleon preset).
+    norm_eps: epsilon of every LayerNorm / RMSNorm.
+    init_std: std of the truncated normal (cut at 3 std) of every weight matrix and embedding.
+    position_init_std: std of cm3leon's learned position embeddings.
+    zero_init_output_projections: initialise each block's attention output and MLP down projection
+      to zero, so every block starts as the identity (the CM3leon recipe).
+    """
+
+    preset: str = "cm3leon"
+    vocab_size: int = 65536
+    num_layers: int = 24
+    d_model: int = 1024
+    num_heads: int = 16
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    mlp_dim: int = 0
+    max_seq_len: int = 4096
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+    z_loss: float = 0.0
+    attention: str = "xla"
+    swin_norm: bool = False
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.006
+    position_init_std: float = 0.0002
+    zero_init_output_projections: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (num_kv_heads with 0 resolved to num_heads)."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """Width of one head (head_dim with 0 resolved to d_model // num_heads)."""
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """MLP hidden width (mlp_dim with 0 resolved to the preset's default)."""
+        if self.mlp_dim:
+            return self.mlp_dim
+        if self.preset == "chameleon":
+            return -(-(8 * self.d_model // 3) // 256) * 256
+        return 4 * self.d_model
+
+    def check(self, prefix: str) -> None:
+        require_choice(f"{prefix}.preset", self.preset, MODEL_PRESETS)
+        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "max_seq_len"):
+            require_positive(f"{prefix}.{name}", getattr(self, name))
+        require_positive(f"{prefix}.num_kv_heads", self.num_kv_heads, allow_zero=True)
+        require_positive(f"{prefix}.mlp_dim", self.mlp_dim, allow_zero=True)
+        require_positive(f"{prefix}.head_dim", self.head_dim, allow_zero=True)
+        if not self.head_dim:
+            require_divisible(f"{prefix}.d_model", self.d_model, f"{prefix}.num_heads",
+                              self.num_heads)
+        require_divisible(f"{prefix}.num_heads", self.num_heads, f"{prefix}.num_kv_heads",
+                          self.kv_heads)
+        if self.preset == "chameleon" and self.resolved_head_dim % 2:
+            fail(f"{prefix}.head_dim", self.head_dim,
+                 f"RoPE needs an even head width, and it resolves to {self.resolved_head_dim}")
+        require_choice(f"{prefix}.dtype", self.dtype, COMPUTE_DTYPES)
+        require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
+        require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
+        require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
+        require_positive(f"{prefix}.z_loss", self.z_loss, allow_zero=True)
+        require_positive(f"{prefix}.rope_theta", self.rope_theta)
+        require_positive(f"{prefix}.norm_eps", self.norm_eps)
+        require_positive(f"{prefix}.init_std", self.init_std)
+        require_positive(f"{prefix}.position_init_std", self.position_init_std)
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    return section(cfg, "model", ModelConfig)
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# Every logical axis name the decoder puts on a parameter or activation.
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab",
+                "layers")
+# MaxText-style: rules are tried in order and a mesh axis is used at most once per array, so the
+# activation (batch, length, embed) takes (data, fsdp) for `batch` and leaves `embed` unsharded,
+# while a weight (embed, mlp) is split over fsdp (rows) and tensor (columns).
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+    """The device mesh (`cm3leon_jax/parallel/mesh.py`) and the one logical-axis rule table.
+
+    data / fsdp / tensor: sizes of the three mesh axes; their product must equal the device count.
+      One of them may be -1: "all devices the others leave". `data` replicates the weights, `fsdp`
+      shards weights and optimizer state along `embed` (and the batch, like data), `tensor` splits
+      heads / MLP width / vocabulary (Megatron-style).
+    rules: (logical axis name, mesh axis | tuple of mesh axes | None) pairs, in priority order.
+      Logical names: batch, length, embed, mlp, heads, kv_heads, head_dim, vocab, layers.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple[tuple[Any, ...], ...] = DEFAULT_LOGICAL_AXIS_RULES
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.data, self.fsdp, self.tensor)
+
+    def logical_axis_rules(self) -> tuple[tuple[str, Any], ...]:
+        """The rule table as flax expects it: tuples all the way down (configs may hold lists)."""
+        return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                     for name, axes in self.rules)
+
+    def check(self, prefix: str) -> None:
+        for axis in MESH_AXES:
+            size = getattr(self, axis)
+            if size != -1 and size < 1:
+                fail(f"{prefix}.{axis}", size, "must be a positive axis size or -1 (the rest)")
+        if sum(size == -1 for size in self.shape) > 1:
+            fail(f"{prefix}", dict(zip(MESH_AXES, self.shape)),
+                 "at most one of data, fsdp, tensor may be -1")
+        seen = set()
+        for i, rule in enumerate(self.rules):
+            field = f"{prefix}.rules[{i}]"
+            if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+                fail(field, rule, "must be a (logical_axis, mesh_axis) pair")
+            name, axes = rule
+            require_choice(f"{field}[0]", name, LOGICAL_AXES)
+            if name in seen:
+                fail(f"{field}[0]", name, "appears twice; each logical axis has one rule")
+            seen.add(name)
+            for axis in (axes if isinstance(axes, (tuple, list)) else (axes,)):
+                if axis is not None:
+                    require_choice(f"{field}[1]", axis, MESH_AXES)
+
+
+def mesh_config(cfg: ml_collections.ConfigDict) -> MeshConfig:
+    return section(cfg, "mesh", MeshConfig)
+
 
 # <<section:tokenizers>>
+# vqgan / vqgan_train / text_tokenizer / vocab: the image and text tokenizers and the id space
+# (issue 4). Code: cm3leon_jax/tokenizers/ and cm3leon_jax/vocab.py.
+
+CODEBOOK_LOOKUPS = ("cosine", "l2")
+CODEBOOK_UPDATES = ("loss", "ema")
+RECONSTRUCTION_LOSSES = ("l1", "l2")
+TEXT_MODEL_TYPES = ("bpe", "unigram")
+# 256 byte pieces + <unk> + room for the corpus's characters and a few merges.
+MIN_TEXT_VOCAB_SIZE = 300
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value >= 1 and value & (value - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANConfig(Section):
+    """The VQ-GAN image tokenizer: architecture, codebook and losses (`cm3leon_jax/tokenizers/`).
+
+    image_size: side of the square RGB images it reads (must equal `data.image_size` when trained).
+    downsample_factor: image side / code-grid side; a power of two >= 2 (paper: 8, 256 -> 32x32).
+    channels: width of the first encoder level (taming: 128).
+    channel_multipliers: width of each resolution level as a multiple of `channels`; one entry per
+      level, so len == log2(downsample_factor) + 1 (taming f16: (1, 1, 2, 2, 4)).
+    num_res_blocks: residual blocks per encoder level (the decoder uses one more, as in taming).
+    attention_resolutions: feature-map sides after which a self-attention block is added (taming:
+      (16,)); each must be a side the encoder visits, image_size / 2**i.
+    mid_attention: a self-attention block between the two middle residual blocks (taming: on).
+    norm_groups: GroupNorm groups; every level's width must be divisible by it.
+    codebook_size: number of codes (paper: 8192; >= 2).
+    code_dim: dimension of a code vector (ViT-VQGAN: a small dimension such as 32 uses the codebook
+      better than the encoder width).
+    codebook_lookup: `cosine` (codes and encoder outputs L2-normalised, nearest by angle) or `l2`.
+    codebook_update: `loss` (codebook is a parameter trained by the codebook loss) or `ema`
+      (codebook is the moving average of the encoder outputs assigned to it; no codebook loss).
+    ema_decay: decay of the `ema` updates, in (0, 1).
+    commitment_cost: weight of ||z - sg(code)||^2 (VQ-VAE's beta; taming: 0.25).
+    restart_unused_after: a code unused for this many consecutive training steps is re-initialised
+      from a random encoder output of the batch; 0 disables restarts.
+    reconstruction_loss: `l1` or `l2` on images scaled to [-1, 1].
+    discriminator_start: training step from which the PatchGAN loss is on (taming: ~ 10k steps).
+    discriminator_weight: scale of the adaptive GAN weight (taming: 0.8); 0 disables the GAN.
+    discriminator_channels / discriminator_layers: PatchGAN width and number of stride-2 layers;
+      image_size / 2**discriminator_layers must be >= 4 so each patch logit sees a real patch.
+    adaptive_weight_max: clip of the adaptive weight ||grad rec|| / ||grad gan|| (taming: 1e4).
+    """
+
+    image_size: int = 32
+    downsample_factor: int = 4
+    channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = ()
+    mid_attention: bool = True
+    norm_groups: int = 16
+    codebook_size: int = 512
+    code_dim: int = 32
+    codebook_lookup: str = "cosine"
+    codebook_update: str = "loss"
+    ema_decay: float = 0.99
+    commitment_cost: float = 0.25
+    restart_unused_after: int = 200
+    reconstruction_loss: str = "l1"
+    discriminator_start: int = 2000
+    discriminator_weight: float = 0.5
+    discriminator_channels: int = 64
+    discriminator_layers: int = 2
+    adaptive_weight_max: float = 1e4
+
+    @property
+    def code_grid_size(self) -> int:
+        """Side of the code grid: image_size / downsample_factor."""
+        return self.image_size // self.downsample_factor
+
+    def level_sides(self) -> tuple[int, ...]:
+        """Feature-map side of each encoder level."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_multipliers)))
+
+    def check(self, prefix: str) -> None:
+        require_range(f"{prefix}.image_size", self.image_size, 8, 4096)
+        if not _is_power_of_two(self.downsample_factor) or self.downsample_factor < 2:
+            fail(f"{prefix}.downsample_factor", self.downsample_factor,
+                 "must be a power of two >= 2 (2, 4, 8, 16, ...)")
+        require_divisible(f"{prefix}.image_size", self.image_size,
+                          f"{prefix}.downsample_factor", self.downsample_factor)
+        levels = self.downsample_factor.bit_length()  # log2(factor) + 1
+        if len(self.channel_multipliers) != levels:
+            fail(f"{prefix}.channel_multipliers", self.channel_multipliers,
+                 f"needs exactly log2(downsample_factor) + 1 = {levels} entries (one per "
+                 f"resolution level) for downsample_factor={self.downsample_factor}")
+        require_positive(f"{prefix}.channels", self.channels)
+        require_positive(f"{prefix}.norm_groups", self.norm_groups)
+        for multiplier in self.channel_multipliers:
+            require_positive(f"{prefix}.channel_multipliers", multiplier)
+            if (self.channels * multiplier) % self.norm_groups:
+                fail(f"{prefix}.norm_groups", self.norm_groups,
+                     f"must divide every level's width channels * multiplier = "
+                     f"{[self.channels * m for m in self.channel_multipliers]}")
+        require_positive(f"{prefix}.num_res_blocks", self.num_res_blocks)
+        sides = self.level_sides()
+        for side in self.attention_resolutions:
+            if side not in sides:
+                fail(f"{prefix}.attention_resolutions", self.attention_resolutions,
+                     f"every entry must be a feature-map side of the encoder, one of {sides}")
+        if self.codebook_size < 2:
+            fail(f"{prefix}.codebook_size", self.codebook_size, "must be >= 2")
+        require_positive(f"{prefix}.code_dim", self.code_dim)
+        require_choice(f"{prefix}.codebook_lookup", self.codebook_lookup, CODEBOOK_LOOKUPS)
+        require_choice(f"{prefix}.codebook_update", self.codebook_update, CODEBOOK_UPDATES)
+        if not 0.0 < self.ema_decay < 1.0:
+            fail(f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1), e.g. 0.99")
+        require_positive(f"{prefix}.commitment_cost", self.commitment_cost, allow_zero=True)
+        require_positive(f"{prefix}.restart_unused_after", self.restart_unused_after,
+                         allow_zero=True)
+        require_choice(f"{prefix}.reconstruction_loss", self.reconstruction_loss,
+                       RECONSTRUCTION_LOSSES)
+        require_positive(f"{prefix}.discriminator_start", self.discriminator_start,
+                         allow_zero=True)
+        require_positive(f"{prefix}.discriminator_weight", self.discriminator_weight,
+                         allow_zero=True)
+        require_positive(f"{prefix}.discriminator_channels", self.discriminator_channels)
+        require_positive(f"{prefix}.discriminator_layers", self.discriminator_layers)
+        if self.image_size // 2**self.discriminator_layers < 4:
+            fail(f"{prefix}.discriminator_layers", self.discriminator_layers,
+                 f"too many for image_size={self.image_size}: image_size / 2**layers must be >= 4")
+        require_positive(f"{prefix}.adaptive_weight_max", self.adaptive_weight_max)
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANTrainConfig(Section):
+    """How `python -m cm3leon_jax.tokenizers.train_vqgan` optimises the VQ-GAN.
+
+    num_steps: training steps. batch_size: global batch, sharded over all local devices (must be
+      divisible by their number). learning_rate: Adam peak (linear warmup over warmup_steps, then
+      cosine decay to learning_rate * final_learning_rate_fraction). adam_b1 / adam_b2: taming's
+      (0.5, 0.9) keep the GAN stable. discriminator_learning_rate: the PatchGAN's Adam rate.
+    grad_clip_norm: global gradient-norm clip (0 disables).
+    log_every / image_every / checkpoint_every: steps between scalar logs, reconstruction grids and
+      Orbax checkpoints. keep_checkpoints: how many checkpoints Orbax keeps.
+    eval_batch_size: batch of the final test-split evaluation. shuffle_buffer: tf.data shuffle.
+    seed: parameter initialisation, shuffling and codebook restarts.
+    """
+
+    num_steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    final_learning_rate_fraction: float = 0.05
+    adam_b1: float = 0.5
+    adam_b2: float = 0.9
+    discriminator_learning_rate: float = 2e-4
+    grad_clip_norm: float = 1.0
+    log_every: int = 50
+    image_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 100
+    shuffle_buffer: int = 10000
+    seed: int = 0
+
+    def check(self, prefix: str) -> None:
+        for name in ("num_steps", "batch_size", "learning_rate", "log_every", "image_every",
+                     "checkpoint_every", "keep_checkpoints", "eval_batch_size", "shuffle_buffer",
+                     "discriminator_learning_rate"):
+            require_positive(f"{prefix}.{name}", getattr(self, name))
+        require_positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
+        if self.warmup_steps >= self.num_steps:
+            fail(f"{prefix}.warmup_steps", self.warmup_steps,
+                 f"must be smaller than config.{prefix}.num_steps={self.num_steps}")
+        require_range(f"{prefix}.final_learning_rate_fraction",
+                      self.final_learning_rate_fraction, 0.0, 1.0)
+        require_range(f"{prefix}.adam_b1", self.adam_b1, 0.0, 0.999999)
+        require_range(f"{prefix}.adam_b2", self.adam_b2, 0.0, 0.999999)
+        require_positive(f"{prefix}.grad_clip_norm", self.grad_clip_norm, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTokenizerConfig(Section):
+    """The sentencepiece text tokenizer (`cm3leon_jax/tokenizers/text.py`).
+
+    vocab_size: sentencepiece pieces, including its 256 byte-fallback pieces and <unk>
+      (paper: 56,320); >= 300.
+    model_type: `bpe` (the paper's) or `unigram`.
+    corpus: a UTF-8 text file, one sentence per line; empty means every caption, question, answer
+      and edit instruction of the `data` train split (`sources.text_corpus`).
+    character_coverage: share of the corpus's characters that get their own piece; the rest are
+      spelled in bytes (byte fallback is always on, so no text is unrepresentable).
+    max_sentences: train on at most this many sentences (sentencepiece samples them); 0 means all.
+    split_digits: one piece per digit (numbers generalise instead of memorising 4-digit pieces).
+    """
+
+    vocab_size: int = 512
+    model_type: str = "bpe"
+    corpus: str = ""
+    character_coverage: float = 1.0
+    max_sentences: int = 0
+    split_digits: bool = True
+
+    def check(self, prefix: str) -> None:
+        if self.vocab_size < MIN_TEXT_VOCAB_SIZE:
+            fail(f"{prefix}.vocab_size", self.vocab_size,
+                 f"must be >= {MIN_TEXT_VOCAB_SIZE}: 256 byte-fallback pieces + <unk> + the "
+                 "corpus's characters and merges")
+        require_choice(f"{prefix}.model_type", self.model_type, TEXT_MODEL_TYPES)
+        require_range(f"{prefix}.character_coverage", self.character_coverage, 0.98, 1.0)
+        require_positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabConfig(Section):
+    """The unified id space (`cm3leon_jax/vocab.py`): special tokens, then text, then image codes.
+
+    num_mask_sentinels: CM3 sentinels <mask:0> .. <mask:K-1> (the paper draws at most 16 spans).
+    pad_to_multiple: the decoder's vocab_size is rounded up to a multiple of this (128 keeps the
+      embedding and logits matmuls tile-aligned on TPU/GPU); the padding ids are never produced.
+    """
+
+    num_mask_sentinels: int = 16
+    pad_to_multiple: int = 128
+
+    def check(self, prefix: str) -> None:
+        require_range(f"{prefix}.num_mask_sentinels", self.num_mask_sentinels, 1, 1024)
+        require_positive(f"{prefix}.pad_to_multiple", self.pad_to_multiple)
+
 
 # <<section:retrieval>>
+# --------------------------------------------------------------------------------------------------
+# retrieval: bi-encoder, memory-bank index and retrieval rules (issue 6)
+# --------------------------------------------------------------------------------------------------
+
+RETRIEVAL_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig(Section):
+    """The dense retriever of retrieval-augmented pretraining (see `cm3leon_jax/retrieval/`).
+
+    Rules (what may be retrieved for a query document; `retrieval/rules.py`):
+    k: documents retrieved per query (the paper uses 2).
+    relevance_threshold: candidates scoring above it with the query (cosine) are near-duplicates
+      of it and skipped (paper: 0.9).
+    diversity_threshold: a candidate scoring above it with an already chosen one is skipped. The
+      paper gives no number; 0.9 calls "too similar" what relevance calls a near-duplicate.
+    prefer_multimodal: choose image+text documents before text-only or image-only ones.
+    query_dropout: share of the query's tokens dropped before embedding it, training only (paper:
+      0.2): bytes of the caption, patches of the image.
+    num_candidates: nearest neighbours fetched from the index per query before the rules apply.
+    query_dropout_seed: seed of the dropout; a document's dropout depends on it and its row only.
+
+    Index (`retrieval/index.py`):
+    exact_search_below: corpora smaller than this use exact (brute-force) search, no ScaNN tree.
+    index_num_leaves / index_leaves_to_search / index_training_sample_size / index_reorder: ScaNN
+      tree and re-scoring sizes; 0 derives them from the corpus size (see `index.scann_parameters`).
+    index_dims_per_block / index_anisotropic_threshold: ScaNN asymmetric hashing (score_ah).
+    search_batch_size: queries per batched search call.
+    index_dir: where the index is saved; empty means `<workdir>/retrieval_index`.
+
+    Encoder (`retrieval/encoder.py`, the architecture of Hugging Face `CLIPModel`):
+    text_max_length: byte-tokenizer length (BOS + UTF-8 bytes + EOS; longer captions truncated).
+    text_width / text_layers / text_heads, vision_width / vision_layers / vision_heads: tower sizes.
+    patch_size: ViT patch side; must divide `data.image_size`.
+    mlp_ratio: MLP width as a multiple of the tower width.
+    projection_dim: shared embedding size.
+    activation: one of RETRIEVAL_ACTIVATIONS (HF `hidden_act` names).
+    encoder_dir: where the encoder's checkpoints live; empty means `<workdir>/retrieval_encoder`.
+
+    Contrastive training (`retrieval/train_encoder.py`):
+    train_steps, batch_size, learning_rate (AdamW peak, linear warm-up then cosine decay over
+    train_steps), warmup_steps, weight_decay, max_logit_scale (CLIP clips exp(logit_scale) at 100),
+    seed, log_every, checkpoint_every, embed_batch_size (documents per embedding call).
+    """
+
+    k: int = 2
+    relevance_threshold: float = 0.9
+    diversity_threshold: float = 0.9
+    prefer_multimodal: bool = True
+    query_dropout: float = 0.2
+    num_candidates: int = 32
+    query_dropout_seed: int = 0
+
+    exact_search_below: int = 20000
+    index_num_leaves: int = 0
+    index_leaves_to_search: int = 0
+    index_training_sample_size: int = 0
+    index_dims_per_block: int = 2
+    index_anisotropic_threshold: float = 0.2
+    index_reorder: int = 0
+    search_batch_size: int = 1024
+    index_dir: str = ""
+
+    text_max_length: int = 160
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    vision_width: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: int = 4
+    projection_dim: int = 128
+    activation: str = "quick_gelu"
+    encoder_dir: str = ""
+
+    train_steps: int = 1000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    max_logit_scale: float = 100.0
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    embed_batch_size: int = 256
+
+    def check(self, prefix: str) -> None:
+        if self.k < 1:
+            fail(f"{prefix}.k", self.k, "must be >= 1")
+        for name in ("relevance_threshold", "diversity_threshold"):
+            require_range(f"{prefix}.{name}", getattr(self, name), 0.0, 1.0)
+        if not 0.0 <= self.query_dropout < 1.0:
+            fail(f"{prefix}.query_dropout", self.query_dropout, "must be in [0, 1)")
+        if self.num_candidates <= self.k:
+            fail(f"{prefix}.num_candidates", self.num_candidates,
+                 f"must exceed config.{prefix}.k={self.k} (the query itself and near-duplicates "
+                 "are among the candidates)")
+        for name in ("exact_search_below", "index_num_leaves", "index_leaves_to_search",
+                     "index_training_sample_size", "index_reorder"):
+            require_positive(f"{prefix}.{name}", getattr(self, name), allow_zero=True)
+        if self.index_num_leaves and self.index_leaves_to_search > self.index_num_leaves:
+            fail(f"{prefix}.index_leaves_to_search", self.index_leaves_to_search,
+                 f"must be <= config.{prefix}.index_num_leaves={self.index_num_leaves}")
+        if self.index_reorder and self.index_reorder < self.num_candidates:
+            fail(f"{prefix}.index_reorder", self.index_reorder,
+                 f"must be 0 (derived) or >= config.{prefix}.num_candidates={self.num_candidates}")
+        require_range(f"{prefix}.index_dims_per_block", self.index_dims_per_block, 1, 8)
+        require_range(f"{prefix}.index_anisotropic_threshold", self.index_anisotropic_threshold,
+                      0.0, 1.0)
+        if self.text_max_length < 3:
+            fail(f"{prefix}.text_max_length", self.text_max_length,
+                 "must be >= 3 (BOS, at least one byte, EOS)")
+        for tower in ("text", "vision"):
+            width, layers, heads = (getattr(self, f"{tower}_{n}") for n in ("width", "layers", "heads"))
+            require_positive(f"{prefix}.{tower}_layers", layers)
+            require_positive(f"{prefix}.{tower}_heads", heads)
+            require_divisible(f"{prefix}.{tower}_width", width, f"{prefix}.{tower}_heads", heads)
+        for name in ("patch_size", "mlp_ratio", "projection_dim", "train_steps", "batch_size",
+                     "learning_rate", "max_logit_scale", "log_every", "checkpoint_every",
+                     "embed_batch_size", "search_batch_size"):
+            require_positive(f"{prefix}.{name}", getattr(self, name))
+        if self.batch_size < 2:
+            fail(f"{prefix}.batch_size", self.batch_size,
+                 "must be >= 2 (contrastive training needs negatives in the batch)")
+        require_positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
+        require_positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
+        require_choice(f"{prefix}.activation", self.activation, RETRIEVAL_ACTIVATIONS)
+
+
+def retrieval_config(cfg: ml_collections.ConfigDict) -> RetrievalConfig:
+    return section(cfg, "retrieval", RetrievalConfig)
+
 
 # <<section:cm3>>
 
+# --------------------------------------------------------------------------------------------------
+# cm3: document layout, CM3 masking and packing into rows (issue 7; code in cm3leon_jax/data/
+# layout.py, cm3.py, packing.py)
+# --------------------------------------------------------------------------------------------------
+
+CM3_OVERLONG_POLICIES = ("truncate", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class CM3Config(Section):
+    """How a training example is laid out, CM3-masked and packed into `seq_len` rows.
+
+    image_first_probability: chance that an example's documents put the image before the caption
+      (`<boi> codes <eoi> <break> caption`) instead of after it; one draw per example, so the
+      retrieved documents show the same direction as the query. 0.5 trains both directions equally.
+    unmasked_rate: fraction of documents left as plain causal LM (no spans). They keep the model
+      good at the sentinel-free left-to-right generation that text-to-image sampling uses.
+    poisson_lambda, max_spans: a masked document gets n = clamp(Poisson(poisson_lambda), 1,
+      max_spans) spans (CM3: Poisson(1) clamped to [1, 16]). The vocabulary must hold at least
+      max_spans sentinels `<mask:0>..`.
+    max_span_fraction: upper bound on one span's length as a fraction of the segment (text run or
+      image) it lies in; a longer draw is cut at its end. 1.0 = no bound (CM3).
+    placeholder_loss_weight: loss weight of the sentinel left in the document body where a span was
+      cut out. 1.0 = loss on every token (CM3leon); 0.0 = the CM3 paper's choice (the placeholder
+      sits at a random place, so predicting it carries no signal).
+    seq_len: tokens per training row (4096 in CM3leon).
+    pack: True packs several documents per row (segment ids 1, 2, ... and positions restarting per
+      document); False pads one document per row.
+    allow_split_documents: whether a document may continue from one row into the next. When False
+      a document longer than seq_len is handled by `overlong`.
+    overlong: `truncate` (keep the first seq_len tokens) or `drop` a document longer than seq_len
+      when documents may not be split. Both are counted by the packer.
+    max_open_rows: rows the packer keeps open at once for first-fit packing (1 = next-fit). More
+      open rows waste less padding; the rows leave in a deterministic order either way.
+    """
+
+    image_first_probability: float = 0.5
+    unmasked_rate: float = 0.1
+    poisson_lambda: float = 1.0
+    max_spans: int = 16
+    max_span_fraction: float = 1.0
+    placeholder_loss_weight: float = 1.0
+    seq_len: int = 4096
+    pack: bool = True
+    allow_split_documents: bool = False
+    overlong: str = "truncate"
+    max_open_rows: int = 8
+
+    def check(self, prefix: str) -> None:
+        require_range(f"{prefix}.image_first_probability", self.image_first_probability, 0.0, 1.0)
+        require_range(f"{prefix}.unmasked_rate", self.unmasked_rate, 0.0, 1.0)
+        require_positive(f"{prefix}.poisson_lambda", self.poisson_lambda)
+        require_range(f"{prefix}.max_spans", self.max_spans, 1, 1024)
+        if not 0.0 < self.max_span_fraction <= 1.0:
+            fail(f"{prefix}.max_span_fraction", self.max_span_fraction, "must be in (0, 1]")
+        require_range(f"{prefix}.placeholder_loss_weight", self.placeholder_loss_weight, 0.0, 1.0)
+        require_positive(f"{prefix}.seq_len", self.seq_len)
+        require_choice(f"{prefix}.overlong", self.overlong, CM3_OVERLONG_POLICIES)
+        require_range(f"{prefix}.max_open_rows", self.max_open_rows, 1, 1024)
+
+
+def cm3_config(cfg: ml_collections.ConfigDict) -> CM3Config:
+    return section(cfg, "cm3", CM3Config)
+
 # <<section:train>>
+
+LR_DECAYS = ("cosine", "linear", "constant")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    """The shared training core (pretraining, instruction tuning, super-resolution).
+
+    steps / batch_size: optimizer steps and global batch in rows (sequences), over all hosts.
+    micro_batches: gradient accumulation: the batch is split into this many micro-batches scanned
+      with `lax.scan`; one update per batch (k micro-batches == one k-times batch, exactly).
+    lr / warmup_steps / decay / end_lr_fraction: linear warmup to `lr`, then cosine or linear decay
+      to `lr * end_lr_fraction` at `steps` (or constant).
+    b1 / b2 / eps / weight_decay / grad_clip: AdamW and global-norm clipping (paper: 0.9, 0.95,
+      1e-5 for Chameleon, weight decay 0.1, clip 1.0).
+    decay_embeddings / decay_norms: whether weight decay touches embeddings / norm scales (off by
+      default: the usual practice; decoupled decay on a 1-d scale only shrinks it toward 0).
+    on_nonfinite: `stop` raises naming the step (the update is never applied); `skip` drops that
+      update, logs it and goes on.
+    log_every / eval_every / eval_batches / checkpoint_every / keep_checkpoints / keep_best:
+      reporting and Orbax retention (last K plus the best by eval loss).
+    async_checkpoints: Orbax saves in a background thread while training continues.
+    init_from: a workdir (or checkpoint directory) to take *params only* from (SFT starts from a
+      pretraining run; optimizer and step start fresh).
+    allow_data_change: resume even if the prepared data's fingerprint differs from the one recorded
+      in the checkpoint (off: a silent change of data under a run is a bug).
+    peak_flops_per_device: for the MFU figure; 0 = look it up by device kind (measured on CPU).
+    """
+
+    steps: int = 100
+    batch_size: int = 8
+    micro_batches: int = 1
+    seed: int = 0
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    decay: str = "cosine"
+    end_lr_fraction: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    decay_embeddings: bool = False
+    decay_norms: bool = False
+    on_nonfinite: str = "stop"
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    keep_best: bool = True
+    async_checkpoints: bool = True
+    init_from: str = ""
+    allow_data_change: bool = False
+    peak_flops_per_device: float = 0.0
+
+    def check(self, prefix: str) -> None:
+        require_positive(f"{prefix}.steps", self.steps)
+        require_positive(f"{prefix}.batch_size", self.batch_size)
+        require_positive(f"{prefix}.micro_batches", self.micro_batches)
+        require_divisible(f"{prefix}.batch_size", self.batch_size, f"{prefix}.micro_batches",
+                          self.micro_batches)
+        require_positive(f"{prefix}.lr", self.lr)
+        require_positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
+        if self.warmup_steps > self.steps:
+            fail(f"{prefix}.warmup_steps", self.warmup_steps,
+                 f"must not exceed config.{prefix}.steps={self.steps}")
+        require_choice(f"{prefix}.decay", self.decay, LR_DECAYS)
+        require_range(f"{prefix}.end_lr_fraction", self.end_lr_fraction, 0.0, 1.0)
+        require_range(f"{prefix}.b1", self.b1, 0.0, 0.999999)
+        require_range(f"{prefix}.b2", self.b2, 0.0, 0.999999)
+        require_positive(f"{prefix}.eps", self.eps)
+        require_positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
+        require_positive(f"{prefix}.grad_clip", self.grad_clip, allow_zero=True)
+        require_choice(f"{prefix}.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+            require_positive(f"{prefix}.{name}", getattr(self, name))
+        require_positive(f"{prefix}.eval_every", self.eval_every, allow_zero=True)
+        require_positive(f"{prefix}.eval_batches", self.eval_batches)
+        require_positive(f"{prefix}.peak_flops_per_device", self.peak_flops_per_device,
+                         allow_zero=True)
+
+
+def train_config(cfg: ml_collections.ConfigDict) -> TrainConfig:
+    return section(cfg, "train", TrainConfig)

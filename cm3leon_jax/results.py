@@ -39,5 +39,5 @@ def write_metrics(workdir: str, stage: str, figures: Mapping[str, Any]) -> epath
     merged[stage] = _plain(dict(figures))
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    tmp.rename(path)
+    tmp.replace(path)
     return path

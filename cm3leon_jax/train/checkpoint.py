@@ -1,0 +1,149 @@
+"""Orbax checkpoints of a run: train state + data position + metadata, resumable and guarded.
+
+* async saves (training continues while a background thread writes), every N steps and on demand;
+* retention: the last `keep_checkpoints` plus the best by eval loss (Orbax preservation policies);
+* resume from the latest readable step; an unreadable latest checkpoint (e.g. cut off mid-write on
+  preemption) is skipped with a warning and the previous one is used;
+* metadata (`meta`: model signature, data fingerprint) lets a resume refuse a workdir that holds a
+  different model or data, with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from absl import logging
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from cm3leon_jax.config import TrainConfig
+
+ITEMS = ("state", "data", "meta")
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The workdir's checkpoint was written by a different model or data set."""
+
+
+def _policy(train: TrainConfig):
+    policies = [ocp.checkpoint_managers.LatestN(n=train.keep_checkpoints)]
+    if train.keep_best:
+        policies.append(ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: -float(metrics["eval_loss"]), n=1,
+            keep_checkpoints_without_metrics=False))
+    return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
+class Checkpoints:
+    def __init__(self, directory: str, train: TrainConfig):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=train.async_checkpoints,
+            preservation_policy=_policy(train))
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, meta: dict,
+             eval_loss: Optional[float] = None) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(data_state),
+                                  meta=ocp.args.JsonSave(meta))
+        metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"]
+
+    def restore_latest(self, abstract_state) -> Optional[tuple[Any, dict, dict, int]]:
+        """(state, data_state, meta, step) of the newest readable checkpoint, or None if none."""
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint falls back
+                if isinstance(error, IncompatibleCheckpoint):
+                    raise
+                logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back "
+                                "to the previous one", step, self.directory,
+                                type(error).__name__, str(error)[:300])
+                print(f"warning: checkpoint step {step} unreadable, trying an earlier one")
+                self._set_aside(step)
+                continue
+            return restored["state"], restored["data"], restored["meta"], step
+        if steps:
+            raise RuntimeError(f"{self.directory}: none of the checkpoints {steps} is readable; "
+                               "move them away to start afresh")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        """Moves an unreadable step out of the way (kept for inspection, never deleted), so the
+        resumed run can save that step number again."""
+        if jax.process_index() == 0:
+            target = self.directory.parent / "unreadable_checkpoints" / f"{step}-{time.time():.0f}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+            logging.warning("moved unreadable checkpoint %d to %s", step, target)
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_compatible(meta: dict, model_signature: dict, data_fingerprint: str,
+                     allow_data_change: bool, where: str) -> None:
+    """Raises IncompatibleCheckpoint naming what differs between a checkpoint and this run."""
+    saved = meta.get("model", {})
+    differences = [f"{key}: checkpoint {saved.get(key)!r} vs config {value!r}"
+                   for key, value in model_signature.items() if saved.get(key) != value]
+    if differences:
+        raise IncompatibleCheckpoint(
+            f"{where} holds a checkpoint of a different model ({'; '.join(differences)}); use "
+            "another --workdir, or move the checkpoints away to start afresh")
+    saved_data = meta.get("data_fingerprint")
+    if saved_data and data_fingerprint and saved_data != data_fingerprint:
+        message = (f"{where}: the prepared data changed under this run (fingerprint "
+                   f"{saved_data[:12]} in the checkpoint, {data_fingerprint[:12]} now)")
+        if not allow_data_change:
+            raise IncompatibleCheckpoint(message + "; pass --config.train.allow_data_change=True "
+                                         "to resume on the new data anyway")
+        logging.warning("%s; resuming anyway (train.allow_data_change)", message)
+
+
+def restore_params(source: str, abstract_params=None):
+    """Params only from the latest checkpoint of another run (a workdir or its checkpoints dir).
+
+    Used by SFT to start from pretraining: the optimizer state and step are not taken.
+    """
+    path = epath.Path(source)
+    if (path / "checkpoints").exists():
+        path = path / "checkpoints"
+    if not path.exists():
+        raise FileNotFoundError(f"train.init_from={source!r}: no such run directory")
+    manager = ocp.CheckpointManager(path, item_names=ITEMS)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"train.init_from={source!r}: no checkpoint in {path}")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    params = restored["state"]["params"]
+    if abstract_params is not None:
+        expected = jax.tree.structure(abstract_params)
+        if jax.tree.structure(params) != expected:
+            raise IncompatibleCheckpoint(f"train.init_from={source!r}: its params do not match "
+                                         "this model's (different architecture or preset)")
+        params = jax.tree.map(lambda value, spec: jax.device_put(value.astype(spec.dtype),
+                                                                 getattr(spec, "sharding", None)),
+                              params, abstract_params)
+    logging.info("initialised params from %s step %d", path, step)
+    return params, step

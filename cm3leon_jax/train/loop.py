@@ -1,0 +1,278 @@
+"""The one training loop, shared by pretraining, instruction tuning and super-resolution.
+
+A stage describes itself as a `Task` (model init, loss, shardings, data, eval sets); `train` does
+the rest: state creation on the mesh, resume / init-from, the jitted step with explicit shardings
+and donated state, CLU metrics + ReportProgress (steps/s, ETA), tokens/s and MFU, periodic eval,
+Orbax checkpoints (async, last K + best), SIGTERM save-and-stop, non-finite handling, and the final
+figures in `<workdir>/metrics.json`. Every logged step is also appended to
+`<workdir>/train_log.jsonl` (one JSON object per line; after a resume the newest line per step wins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Iterator, Optional, Protocol
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cm3leon_jax import results
+from cm3leon_jax.config import TrainConfig
+from cm3leon_jax.train import checkpoint, optimizer, preemption, step as step_lib, throughput
+from cm3leon_jax.train.state import TrainState
+
+
+class DataIterator(Protocol):
+    """Yields global batches (dicts of jax.Arrays); its position can be saved and restored."""
+
+    def __next__(self) -> dict: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class Task:
+    name: str  # stage name: metrics.json key and log prefix
+    init_params: Callable[[jax.Array], Any]  # rng -> params pytree
+    param_shardings: Callable[[Any], Any]  # abstract params -> pytree of jax.sharding.Sharding
+    batch_sharding: jax.sharding.Sharding
+    loss_fn: step_lib.LossFn
+    train_data: DataIterator
+    eval_data: dict[str, Callable[[], Iterator[dict]]] = dataclasses.field(default_factory=dict)
+    tokens_per_batch: int = 0  # rows * seq_len, for tokens/s and MFU
+    flops_per_token: float = 0.0  # training FLOPs per token (6N + attention), for MFU
+    model_signature: dict = dataclasses.field(default_factory=dict)
+    data_fingerprint: str = ""
+    on_eval: Optional[Callable[[Any, int, Any], dict]] = None  # (params, step, writer) -> figures
+
+
+def _replicated_scalar_sharding(batch_sharding):
+    return jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+
+
+def _create_state(task: Task, tx, train: TrainConfig, params=None) -> TrainState:
+    """The train state, created by one jit so XLA places optimizer moments like their params."""
+    replicated = _replicated_scalar_sharding(task.batch_sharding)
+    abstract_params = jax.eval_shape(task.init_params, jax.random.key(train.seed))
+    shardings = task.param_shardings(abstract_params)
+
+    def create(rng, given):
+        init_rng, state_rng = jax.random.split(rng)
+        chosen = task.init_params(init_rng) if given is None else given
+        chosen = jax.lax.with_sharding_constraint(chosen, shardings)
+        return TrainState.create(chosen, tx, state_rng)
+
+    state_shardings = None
+    state = jax.jit(create, out_shardings=state_shardings)(jax.random.key(train.seed), params)
+    # Scalars replicated explicitly (they may have landed anywhere).
+    return state.replace(step=jax.device_put(state.step, replicated),
+                         skipped=jax.device_put(state.skipped, replicated),
+                         rng=jax.device_put(state.rng, replicated))
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+
+
+def evaluate(task: Task, eval_fn, params, batches: int) -> dict[str, dict[str, float]]:
+    """Normalised metrics per eval set, over at most `batches` batches each."""
+    figures = {}
+    for name, make_batches in task.eval_data.items():
+        total = None
+        for index, batch in enumerate(make_batches()):
+            if index >= batches:
+                break
+            sums = eval_fn(params, batch)
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        if total is not None:
+            figures[name] = {k: float(v) for k, v in
+                             jax.device_get(step_lib.summarize(total)).items()}
+    return figures
+
+
+def _log_line(workdir: epath.Path, step: int, scalars: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    with (workdir / "train_log.jsonl").open("a") as file:
+        file.write(json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
+
+
+def read_train_log(workdir: str) -> dict[int, dict]:
+    """step -> logged scalars, the newest line per step (what a resumed run re-logged wins)."""
+    path = epath.Path(workdir) / "train_log.jsonl"
+    entries = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[entry["step"]] = entry
+    return entries
+
+
+def train(train_cfg: TrainConfig, workdir: str, task: Task,
+          full_config: Optional[dict] = None) -> dict:
+    """Runs (or resumes) training to `train_cfg.steps`; returns the final figures."""
+    workdir_path = epath.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    schedule = optimizer.learning_rate(train_cfg)
+    tx = optimizer.make_optimizer(train_cfg)
+    stop = preemption.StopRequested()
+    checkpoints = checkpoint.Checkpoints(str(workdir_path / "checkpoints"), train_cfg)
+    meta = {"model": task.model_signature, "data_fingerprint": task.data_fingerprint,
+            "task": task.name, "config": full_config or {}}
+
+    latest = checkpoints.steps()[-1] if checkpoints.steps() else None
+    if latest is not None:
+        checkpoint.check_compatible(checkpoints.read_meta(latest), task.model_signature,
+                                    task.data_fingerprint, train_cfg.allow_data_change,
+                                    f"--workdir {workdir}")
+    state = _create_state(task, tx, train_cfg)
+    restored = checkpoints.restore_latest(_abstract(state)) if latest is not None else None
+    if restored is not None:
+        state, data_state, _, start = restored
+        task.train_data.set_state(data_state)
+        logging.info("resumed %s from step %d in %s", task.name, start, workdir)
+        print(f"[{task.name}] resumed from step {start}")
+    elif train_cfg.init_from:
+        params, from_step = checkpoint.restore_params(train_cfg.init_from,
+                                                      _abstract(state.params))
+        state = _create_state(task, tx, train_cfg, params=params)
+        print(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
+              "fresh optimizer")
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+
+    train_step = jax.jit(
+        step_lib.make_train_step(task.loss_fn, tx, schedule, train_cfg.micro_batches),
+        in_shardings=(state_shardings, task.batch_sharding),
+        out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(step_lib.make_eval_step(task.loss_fn))
+
+    writer = metric_writers.create_default_writer(
+        str(workdir_path / "tensorboard"), just_logging=jax.process_index() > 0)
+    report = periodic_actions.ReportProgress(num_train_steps=train_cfg.steps, writer=writer,
+                                             every_steps=train_cfg.log_every)
+    devices = jax.device_count()
+    peak = throughput.peak_flops_per_device(train_cfg.peak_flops_per_device)
+
+    first_step = int(jax.device_get(state.step))
+    window: list[dict] = []
+    window_start = time.perf_counter()
+    pending: Optional[tuple[int, dict]] = None
+    last_eval: dict = {}
+    best_eval = float("inf")
+    start_time = time.perf_counter()
+    steps_done = 0
+
+    def check(step_number: int, metrics: dict) -> dict:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if values["finite"] < 1.0:
+            where = f"non-finite loss or gradients at step {step_number} (loss {values['loss']}, " \
+                    f"grad norm {values['grad_norm']}); the update was not applied"
+            if train_cfg.on_nonfinite == "stop":
+                raise FloatingPointError(
+                    where + f". Last checkpoints: {checkpoints.steps()}. Lower train.lr or set "
+                    "train.on_nonfinite=skip")
+            logging.warning("%s; skipping it (train.on_nonfinite=skip)", where)
+        return values
+
+    def flush(step_number: int) -> None:
+        nonlocal window, window_start
+        if not window:
+            return
+        elapsed = max(time.perf_counter() - window_start, 1e-9)
+        scalars = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        tokens_per_s = task.tokens_per_batch * len(window) / elapsed
+        scalars["tokens_per_s"] = tokens_per_s
+        if task.flops_per_token:
+            scalars["mfu"] = task.flops_per_token * tokens_per_s / (peak * devices)
+        writer.write_scalars(step_number, {f"train/{k}": v for k, v in scalars.items()})
+        _log_line(workdir_path, step_number, scalars)
+        print(f"[{task.name}] step {step_number}/{train_cfg.steps} loss {scalars['loss']:.4f} "
+              f"lr {scalars['learning_rate']:.2e} {tokens_per_s:,.0f} tok/s"
+              + (f" MFU {scalars['mfu']:.1%}" if "mfu" in scalars else ""))
+        window, window_start = [], time.perf_counter()
+
+    def run_eval(step_number: int) -> dict:
+        nonlocal best_eval
+        figures = evaluate(task, eval_fn, state.params, train_cfg.eval_batches)
+        writer.write_scalars(step_number, {f"eval/{name}/{k}": v for name, f in figures.items()
+                                           for k, v in f.items()})
+        if task.on_eval is not None:
+            figures.update(task.on_eval(state.params, step_number, writer) or {})
+        if figures:
+            summary = ", ".join(f"{n} loss {f['loss']:.4f}" for n, f in figures.items()
+                                if isinstance(f, dict) and "loss" in f)
+            print(f"[{task.name}] eval at step {step_number}: {summary}")
+        return figures
+
+    def main_eval_loss(figures: dict) -> Optional[float]:
+        for name, f in figures.items():
+            if isinstance(f, dict) and "loss" in f:
+                return f["loss"]
+        return None
+
+    stopped_early = False
+    try:
+        for step_number in range(first_step + 1, train_cfg.steps + 1):
+            batch = next(task.train_data)
+            state, metrics = train_step(state, batch)
+            steps_done += 1
+            # Check the previous step's metrics while this one runs (one step of lag keeps the
+            # device busy instead of waiting for every scalar).
+            if pending is not None:
+                window.append(check(*pending))
+            pending = (step_number, metrics)
+            report(step_number)
+            is_last = step_number == train_cfg.steps
+            if step_number % train_cfg.log_every == 0 or is_last or stop:
+                window.append(check(*pending))
+                pending = None
+                flush(step_number)
+            eval_loss = None
+            if (train_cfg.eval_every and step_number % train_cfg.eval_every == 0) or is_last:
+                last_eval = run_eval(step_number)
+                eval_loss = main_eval_loss(last_eval)
+                if eval_loss is not None:
+                    best_eval = min(best_eval, eval_loss)
+            if step_number % train_cfg.checkpoint_every == 0 or is_last or stop:
+                if pending is not None:
+                    window.append(check(*pending))
+                    pending = None
+                checkpoints.save(step_number, state, task.train_data.get_state(), meta,
+                                 eval_loss=eval_loss)
+            if stop:
+                stopped_early = True
+                print(f"[{task.name}] stop requested: saved step {step_number}, exiting")
+                break
+        if pending is not None:
+            window.append(check(*pending))
+            flush(pending[0])
+    finally:
+        checkpoints.close()
+        writer.flush()
+        stop.restore()
+
+    final_step = int(jax.device_get(state.step))
+    wall = time.perf_counter() - start_time
+    log = read_train_log(workdir)
+    last = log[max(log)] if log else {}
+    figures = {
+        "steps": final_step, "steps_this_run": steps_done, "wall_seconds": wall,
+        "stopped_early": stopped_early, "skipped_updates": int(jax.device_get(state.skipped)),
+        "train_loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s"),
+        "mfu": last.get("mfu"), "eval": last_eval,
+        "best_eval_loss": None if best_eval == float("inf") else best_eval,
+    }
+    results.write_metrics(workdir, task.name, figures)
+    print(f"[{task.name}] done: {steps_done} steps this run (now at {final_step}) in {wall:.0f} s; "
+          f"train loss {figures['train_loss']}; figures in {workdir_path / 'metrics.json'}")
+    return {"state": state, **figures}

@@ -1,0 +1,45 @@
+"""Peak FLOP/s per device for the MFU figure: a table for accelerators, a measurement on CPU."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak per chip/GPU, from the vendors' data sheets.
+PEAK_BF16_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_flops(size: int = 1024, dtype: str = "float32") -> float:
+    """FLOP/s of a jitted square matmul on the default device (the honest CPU 'peak')."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    repeats, start = 5, time.perf_counter()
+    for _ in range(repeats):
+        matmul(a).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def peak_flops_per_device(configured: float = 0.0) -> float:
+    if configured > 0:
+        return configured
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_BF16_FLOPS.items():
+        if kind.startswith(name):
+            return flops
+    return measured_matmul_flops()
