@@ -159,6 +159,10 @@ class DataConfig(Section):
     data_dir: where tfds writes the built data set; empty means `<workdir>/tfds`.
     default_license / default_source / default_attribution: provenance for user documents whose
       `captions.jsonl` line (and the folder's `dataset.json`) says nothing.
+    allowed_licenses: licence policy: SPDX ids (or free strings) a document may carry to be used
+      for training or retrieval; empty allows every licence.
+    require_license: refuse documents whose licence is `unknown` (even when allowed_licenses is
+      empty).
     """
 
     source: str = "shapes"
@@ -176,6 +180,8 @@ class DataConfig(Section):
     default_license: str = ""
     default_source: str = ""
     default_attribution: str = ""
+    allowed_licenses: tuple[str, ...] = ()
+    require_license: bool = False
 
     def check(self, prefix: str) -> None:
         require_choice(f"{prefix}.source", self.source, DATA_SOURCES)
