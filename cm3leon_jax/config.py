@@ -201,6 +201,42 @@ def data_config(cfg: ml_collections.ConfigDict) -> DataConfig:
     return section(cfg, "data", DataConfig)
 
 
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig(Section):
+    """Offline data preparation (`python -m cm3leon_jax.data.prepare`, an Apache Beam pipeline).
+
+    num_shards: token shards per split (a document's shard is a hash of its id, so removing a
+      document rewrites only its shard and those of documents that retrieved it).
+    encode_batch_size: images per jit-compiled VQ-GAN call inside a Beam worker.
+    splits: which splits to prepare.
+    vocab_dir: the unified vocabulary written by the tokenizer stage; empty = `<workdir>/vocab`.
+    retrieval: `auto` attaches neighbours where the retrieval stage wrote a neighbour table for the
+      split, `required` fails without one, `off` prepares documents without retrieved ones.
+    beam_options: Apache Beam pipeline options, e.g. ("--direct_num_workers=2",
+      "--direct_running_mode=multi_processing") or ("--runner=DataflowRunner", "--project=...").
+    """
+
+    num_shards: int = 4
+    encode_batch_size: int = 64
+    splits: tuple[str, ...] = ("train", "validation", "test")
+    vocab_dir: str = ""
+    retrieval: str = "auto"
+    beam_options: tuple[str, ...] = ()
+
+    def check(self, prefix: str) -> None:
+        require_positive(f"{prefix}.num_shards", self.num_shards)
+        require_positive(f"{prefix}.encode_batch_size", self.encode_batch_size)
+        for split in self.splits:
+            require_choice(f"{prefix}.splits", split, ("train", "validation", "test"))
+        if not self.splits:
+            fail(f"{prefix}.splits", self.splits, "must name at least one split")
+        require_choice(f"{prefix}.retrieval", self.retrieval, ("auto", "required", "off"))
+
+
+def prepare_config(cfg: ml_collections.ConfigDict) -> PrepareConfig:
+    return section(cfg, "prepare", PrepareConfig) if "prepare" in cfg else PrepareConfig()
+
+
 # --------------------------------------------------------------------------------------------------
 # Sections added by later stages. Each block below is owned by one stage; keep them in this order.
 # --------------------------------------------------------------------------------------------------
@@ -649,6 +685,8 @@ class RetrievalConfig(Section):
       0.2): bytes of the caption, patches of the image.
     num_candidates: nearest neighbours fetched from the index per query before the rules apply.
     query_dropout_seed: seed of the dropout; a document's dropout depends on it and its row only.
+    neighbour_splits: splits whose documents get neighbour tables (`retrieval/neighbours.py`); the
+      memory bank is always the train split, and only train queries get query dropout.
 
     Index (`retrieval/index.py`):
     exact_search_below: corpora smaller than this use exact (brute-force) search, no ScaNN tree.
@@ -680,6 +718,7 @@ class RetrievalConfig(Section):
     query_dropout: float = 0.2
     num_candidates: int = 32
     query_dropout_seed: int = 0
+    neighbour_splits: tuple[str, ...] = ("train", "validation", "test")
 
     exact_search_below: int = 20000
     index_num_leaves: int = 0
@@ -756,6 +795,8 @@ class RetrievalConfig(Section):
         require_positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
         require_positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
         require_choice(f"{prefix}.activation", self.activation, RETRIEVAL_ACTIVATIONS)
+        for split in self.neighbour_splits:
+            require_choice(f"{prefix}.neighbour_splits", split, ("train", "validation", "test"))
 
 
 def retrieval_config(cfg: ml_collections.ConfigDict) -> RetrievalConfig:
@@ -829,6 +870,96 @@ def cm3_config(cfg: ml_collections.ConfigDict) -> CM3Config:
     return section(cfg, "cm3", CM3Config)
 
 # <<section:train>>
+
+# --------------------------------------------------------------------------------------------------
+# sft: the instruction-tuning mixture and its templates (code in cm3leon_jax/data/sft_tasks.py)
+# --------------------------------------------------------------------------------------------------
+
+SFT_TASKS = ("text_to_image", "captioning", "vqa", "editing", "grounded_generation")
+# The placeholders each template must use: a template that forgets one would train the model on
+# prompts that do not name what it is asked about.
+SFT_TEMPLATE_FIELDS = {
+    "text_to_image_template": ("caption",),
+    "captioning_template": (),
+    "vqa_template": ("question",),
+    "vqa_answer_template": ("answer",),
+    "editing_template": ("instruction",),
+    "grounded_generation_template": ("caption",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig(Section):
+    """Instruction-tuning examples built from the prepared shards (`data/sft_tasks.py`).
+
+    Every example is `prompt segments <break> output <eos>` with loss on the output and its `<eos>`
+    only (CM3leon's SFT recipe). One example per record: a task is drawn by the weights below among
+    the tasks the record supports (a record without question/answer pairs cannot be a VQA example),
+    so on data that supports every task the weights are the exact expected shares.
+
+    text_to_image / captioning / vqa / editing / grounded_generation: mixture weights (>= 0, not all
+      0; only ratios matter).
+    text_to_image_template: the instruction; `{caption}` is replaced by the record's caption ids.
+      The output is the record's image.
+    captioning_template: the instruction ("Describe the given picture."), then the image; the output
+      is the caption.
+    vqa_template / vqa_answer_template: after the image, the question prompt (`{question}`) and, as
+      output, the answer (`{answer}`); one question/answer pair of the record per example.
+    editing_template: the instruction (`{instruction}` = the record's edit instruction), then the
+      source image; the output is the edited image.
+    grounded_generation_template: like text-to-image, for captions that name positions (those
+      matching `grounding_pattern`, case-insensitive); the instruction says the positions matter.
+    grounding_pattern: regular expression a decoded caption must match to serve as a spatially
+      grounded prompt (the shapes captions name 3x3 grid positions).
+    """
+
+    text_to_image: float = 1.0
+    captioning: float = 1.0
+    vqa: float = 1.0
+    editing: float = 1.0
+    grounded_generation: float = 1.0
+    text_to_image_template: str = "Generate an image: {caption}"
+    captioning_template: str = "Describe the given picture."
+    vqa_template: str = "Question: {question} Answer:"
+    vqa_answer_template: str = "{answer}."
+    editing_template: str = "Edit the image following the instruction: {instruction}"
+    grounded_generation_template: str = ("Generate an image with each object at the position the "
+                                         "text gives: {caption}")
+    grounding_pattern: str = r"\b(top|bottom|left|right|centre|center|middle)\b"
+
+    def weights(self) -> dict[str, float]:
+        """Task name -> mixture weight, in `SFT_TASKS` order."""
+        return {task: getattr(self, task) for task in SFT_TASKS}
+
+    def check(self, prefix: str) -> None:
+        import re  # noqa: PLC0415 - only the check needs it
+        import string  # noqa: PLC0415
+
+        for task in SFT_TASKS:
+            require_positive(f"{prefix}.{task}", getattr(self, task), allow_zero=True)
+        if not any(self.weights().values()):
+            fail(prefix, {t: 0.0 for t in SFT_TASKS}, "at least one task weight must be > 0")
+        for name, wanted in SFT_TEMPLATE_FIELDS.items():
+            template = getattr(self, name)
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as error:
+                fail(f"{prefix}.{name}", template, f"is not a valid template ({error})")
+            if sorted(fields) != sorted(wanted):
+                fail(f"{prefix}.{name}", template, "must contain exactly the placeholder(s) "
+                     + (", ".join("{" + w + "}" for w in wanted) if wanted else "(none)"))
+            if not template.strip(" ") and not wanted:
+                fail(f"{prefix}.{name}", template, "must not be empty")
+        try:
+            re.compile(self.grounding_pattern)
+        except re.error as error:
+            fail(f"{prefix}.grounding_pattern", self.grounding_pattern,
+                 f"is not a regular expression ({error})")
+
+
+def sft_config(cfg: ml_collections.ConfigDict) -> SFTConfig:
+    return section(cfg, "sft", SFTConfig) if "sft" in cfg else SFTConfig()
+
 
 LR_DECAYS = ("cosine", "linear", "constant")
 NONFINITE_POLICIES = ("stop", "skip")

@@ -1,0 +1,145 @@
+"""Data preparation on Beam: shards, resume, corrupt shards, workers, removals, card."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from cm3leon_jax.data import prepare, provenance, shards
+from cm3leon_jax.retrieval import neighbours
+
+import tiny_stack
+
+
+def _cfg(**prepare_fields):
+    cfg = ml_collections.ConfigDict()
+    cfg.data = ml_collections.ConfigDict(dict(num_train=40, num_validation=8, num_test=8, seed=1))
+    cfg.prepare = ml_collections.ConfigDict(dict(num_shards=3, encode_batch_size=8,
+                                                 splits=("train", "validation"),
+                                                 retrieval="auto"))
+    cfg.prepare.update(prepare_fields)
+    cfg.retrieval = ml_collections.ConfigDict()
+    return cfg
+
+
+def _records(workdir, split):
+    out = {}
+    for path in shards.shard_files(prepare.output_dir(workdir), split):
+        import tensorflow as tf
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            record = shards.parse_numpy(raw)
+            out[record["id"]] = record
+    return out
+
+
+def _shard_bytes(workdir, split):
+    directory = shards.split_dir(prepare.output_dir(workdir), split)
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.tfrecord"))}
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("vocab")
+    tiny_stack.write_vocab(directory)
+    return directory
+
+
+def _neighbour_table(workdir, cfg):
+    """Each train document retrieves the next two (by id order): a known table to check joins."""
+    from cm3leon_jax import config
+    from cm3leon_jax.data import sources
+    ids = sorted(e["id"] for e in sources.numpy_examples(config.data_config(cfg), str(workdir),
+                                                         "train"))
+    rows = np.array([[(i + 1) % len(ids), (i + 2) % len(ids)] for i in range(len(ids))], np.int32)
+    table = neighbours.NeighbourTable(ids, rows, ids, {"split": "train"})
+    table.save(neighbours.table_path(config.retrieval_config(cfg), str(workdir), "train"))
+    return {doc: [ids[(i + 1) % len(ids)], ids[(i + 2) % len(ids)]] for i, doc in enumerate(ids)}
+
+
+def test_prepare_writes_shards_manifest_and_card(tmp_path, vocab_dir):
+    cfg = _cfg(vocab_dir=str(vocab_dir))
+    wanted = _neighbour_table(tmp_path, cfg)
+    figures = prepare.prepare(cfg, str(tmp_path))
+    assert figures["kept"] == {"train": 40, "validation": 8}
+    records = _records(tmp_path, "train")
+    assert len(records) == 40
+    from cm3leon_jax.vocab import Vocabulary
+    vocab = Vocabulary.load(vocab_dir)
+    for doc_id, record in records.items():
+        assert record["retrieved_ids"] == wanted[doc_id]
+        assert len(record["image"]) == 64 and vocab.is_image(record["image"]).all()
+        assert vocab.is_text(record["text"]).all() and len(record["text"]) > 0
+        assert list(record["retrieved_image_lengths"]) == [64, 64]
+        neighbour = records[wanted[doc_id][0]]
+        np.testing.assert_array_equal(record["retrieved_text"][:len(neighbour["text"])],
+                                      neighbour["text"])
+        assert len(record["qa_question_lengths"]) == len(record["qa_answer_lengths"]) >= 2
+        assert len(record["edit_image"]) == 64 and record["license"] == "CC0-1.0"
+    assert all(not r["retrieved_ids"] for r in _records(tmp_path, "validation").values())
+    card = provenance.read_card(str(tmp_path))
+    assert card["splits"]["train"]["by_license"] == {"CC0-1.0": 40}
+    assert card["shards_fingerprint"] == shards.read_manifest(
+        prepare.output_dir(tmp_path))["fingerprint"]
+    assert (tmp_path / "DATA_CARD.md").exists()
+
+
+def test_rerun_skips_and_corrupt_shard_is_rebuilt(tmp_path, vocab_dir):
+    cfg = _cfg(vocab_dir=str(vocab_dir), retrieval="off")
+    prepare.prepare(cfg, str(tmp_path))
+    before = _shard_bytes(tmp_path, "train")
+    again = prepare.prepare(cfg, str(tmp_path))
+    assert again["shards_rebuilt"] == 0
+    name = sorted(before)[1]
+    path = shards.split_dir(prepare.output_dir(tmp_path), "train") / name
+    path.write_bytes(path.read_bytes()[:-10])  # truncated: checksum no longer matches
+    (shards.split_dir(prepare.output_dir(tmp_path), "train") / sorted(before)[2]).unlink()
+    repaired = prepare.prepare(cfg, str(tmp_path))
+    assert repaired["shards_rebuilt"] == 2
+    assert _shard_bytes(tmp_path, "train") == before
+
+
+def test_one_and_two_workers_give_identical_shards(tmp_path, vocab_dir):
+    one = _cfg(vocab_dir=str(vocab_dir), retrieval="off", splits=("train",))
+    two = _cfg(vocab_dir=str(vocab_dir), retrieval="off", splits=("train",),
+               beam_options=("--direct_num_workers=2", "--direct_running_mode=multi_threading"))
+    first = prepare.prepare(one, str(tmp_path / "one"))
+    second = prepare.prepare(two, str(tmp_path / "two"))
+    assert first["fingerprint"] == second["fingerprint"]
+    assert _shard_bytes(tmp_path / "one", "train") == _shard_bytes(tmp_path / "two", "train")
+
+
+def test_removal_drops_document_everywhere_and_keeps_other_shards(tmp_path, vocab_dir):
+    cfg = _cfg(vocab_dir=str(vocab_dir), splits=("train",))
+    wanted = _neighbour_table(tmp_path, cfg)
+    prepare.prepare(cfg, str(tmp_path))
+    before = _shard_bytes(tmp_path, "train")
+    victim = sorted(wanted)[5]
+    retrievers = {d for d, n in wanted.items() if victim in n}
+    remove = tmp_path / "remove.txt"
+    remove.write_text(victim + "\n")
+    figures = prepare.prepare(cfg, str(tmp_path), remove_file=str(remove))
+    after = _shard_bytes(tmp_path, "train")
+    records = _records(tmp_path, "train")
+    assert victim not in records
+    assert all(victim not in r["retrieved_ids"] for r in records.values())
+    affected = {shards.shard_name(shards.shard_of(d, 3), 3) for d in retrievers | {victim}}
+    for name in before:
+        if name not in affected:
+            assert after[name] == before[name], name
+    assert figures["excluded"] == {provenance.EXCLUDED_REMOVED: 1}
+    card = provenance.read_card(str(tmp_path))
+    assert card["removals"][0]["count"] == 1 and card["removals"][0]["rebuilt"]
+
+
+def test_licence_policy_excludes_and_counts(tmp_path, vocab_dir):
+    cfg = _cfg(vocab_dir=str(vocab_dir), retrieval="off", splits=("train",))
+    cfg.data.allowed_licenses = ("CC-BY-4.0",)
+    figures = prepare.prepare(cfg, str(tmp_path))
+    assert figures["kept"] == {"train": 0}
+    assert figures["excluded"] == {provenance.EXCLUDED_LICENSE: 40}
+
+
+def test_missing_vocabulary_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no vocabulary"):
+        prepare.prepare(_cfg(), str(tmp_path))
