@@ -26,6 +26,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from cm3leon_jax.config import ConfigError
+from cm3leon_jax.parallel import distributed
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
@@ -54,6 +55,8 @@ def run(main: Main, default_config: Optional[str] = None, require_workdir: bool 
             raise app.UsageError("--config is required, e.g. --config experiments/demo.py")
         if require_workdir and not _WORKDIR.value:
             raise app.UsageError("--workdir is required")
+        # Multi-host (TPU pod, or CPU processes with --coordinator_address): before any device use.
+        distributed.initialize_if_needed()
         try:
             main(_CONFIG.value, _WORKDIR.value)
         except ConfigError as error:

@@ -19,6 +19,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -116,6 +117,15 @@ def read_train_log(workdir: str) -> dict[int, dict]:
                 entry = json.loads(line)
                 entries[entry["step"]] = entry
     return entries
+
+
+def _agree_to_stop(stop: preemption.StopRequested) -> bool:
+    """True on every host when any host was asked to stop (hosts see SIGTERM at different steps;
+    a tiny all-gather per step makes them stop, and save, at the same one)."""
+    if jax.process_count() == 1:
+        return bool(stop)
+    flags = multihost_utils.process_allgather(np.asarray(bool(stop)))
+    return bool(np.any(flags))
 
 
 def train(train_cfg: TrainConfig, workdir: str, task: Task,
@@ -233,7 +243,9 @@ def train(train_cfg: TrainConfig, workdir: str, task: Task,
             pending = (step_number, metrics)
             report(step_number)
             is_last = step_number == train_cfg.steps
-            if step_number % train_cfg.log_every == 0 or is_last or stop:
+            # Every host must agree to stop at the same step, or they would save different steps.
+            stopped_early = _agree_to_stop(stop)
+            if step_number % train_cfg.log_every == 0 or is_last or stopped_early:
                 window.append(check(*pending))
                 pending = None
                 flush(step_number)
@@ -243,14 +255,13 @@ def train(train_cfg: TrainConfig, workdir: str, task: Task,
                 eval_loss = main_eval_loss(last_eval)
                 if eval_loss is not None:
                     best_eval = min(best_eval, eval_loss)
-            if step_number % train_cfg.checkpoint_every == 0 or is_last or stop:
+            if step_number % train_cfg.checkpoint_every == 0 or is_last or stopped_early:
                 if pending is not None:
                     window.append(check(*pending))
                     pending = None
                 checkpoints.save(step_number, state, task.train_data.get_state(), meta,
                                  eval_loss=eval_loss)
-            if stop:
-                stopped_early = True
+            if stopped_early:
                 print(f"[{task.name}] stop requested: saved step {step_number}, exiting")
                 break
         if pending is not None:
