@@ -203,3 +203,34 @@ def write_manifest(root: str | epath.Path, splits: Mapping[str, Sequence[ShardIn
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def write_split(root: str | epath.Path, split: str, records: Sequence[Mapping],
+                num_shards: int) -> list[ShardInfo]:
+    """Writes record dicts (the `serialize` schema) as a split's shards, as `prepare` lays them out
+    (shard = hash of the id, records sorted by id inside a shard; shards no record hashes to are
+    not written). For tools, benchmarks and tests that make token data without the Beam pipeline;
+    follow with `write_manifest`. Returns the written shards' infos in shard order."""
+    directory = split_dir(root, split)
+    directory.mkdir(parents=True, exist_ok=True)
+    by_shard: dict[int, list[Mapping]] = {}
+    for record in records:
+        by_shard.setdefault(shard_of(str(record["id"]), num_shards), []).append(record)
+    infos = []
+    for index in sorted(by_shard):
+        chosen = sorted(by_shard[index], key=lambda r: str(r["id"]))
+        tokens = sum(len(r.get(k, ())) for r in chosen
+                     for k in ("text", "image", "retrieved_text", "retrieved_image"))
+        by_source: dict[str, int] = {}
+        by_license: dict[str, int] = {}
+        for record in chosen:
+            by_source[record.get("source", "")] = by_source.get(record.get("source", ""), 0) + 1
+            by_license[record.get("license", "")] = by_license.get(record.get("license", ""),
+                                                                   0) + 1
+        infos.append(write_shard(directory / shard_name(index, num_shards),
+                                 (serialize(r) for r in chosen),
+                                 {"documents": len(chosen), "tokens": tokens,
+                                  "document_ids": [str(r["id"]) for r in chosen],
+                                  "by_source": by_source, "by_license": by_license,
+                                  "tokens_by_license": {}}))
+    return infos

@@ -10,6 +10,7 @@ figures in `<workdir>/metrics.json`. Every logged step is also appended to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -53,6 +54,9 @@ class Task:
     model_signature: dict = dataclasses.field(default_factory=dict)
     data_fingerprint: str = ""
     on_eval: Optional[Callable[[Any, int, Any], dict]] = None  # (params, step, writer) -> figures
+    # Entered around the whole run, so tracing sees it (e.g. the mesh + logical axis rules that
+    # activation sharding hints resolve against).
+    context: Callable[[], Any] = contextlib.nullcontext
 
 
 def _replicated_scalar_sharding(batch_sharding):
@@ -131,6 +135,11 @@ def _agree_to_stop(stop: preemption.StopRequested) -> bool:
 def train(train_cfg: TrainConfig, workdir: str, task: Task,
           full_config: Optional[dict] = None) -> dict:
     """Runs (or resumes) training to `train_cfg.steps`; returns the final figures."""
+    with task.context():
+        return _train(train_cfg, workdir, task, full_config)
+
+
+def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Optional[dict]) -> dict:
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     schedule = optimizer.learning_rate(train_cfg)
