@@ -133,13 +133,19 @@ def _agree_to_stop(stop: preemption.StopRequested) -> bool:
 
 
 def train(train_cfg: TrainConfig, workdir: str, task: Task,
-          full_config: Optional[dict] = None) -> dict:
-    """Runs (or resumes) training to `train_cfg.steps`; returns the final figures."""
+          full_config: Optional[dict] = None, metrics_workdir: Optional[str] = None) -> dict:
+    """Runs (or resumes) training to `train_cfg.steps`; returns the final figures.
+
+    workdir: the run directory (checkpoints, tensorboard, train_log.jsonl).
+    metrics_workdir: where metrics.json gets this stage's figures (default: workdir); stages of
+      one project write into the project's workdir while keeping their own run directories.
+    """
     with task.context():
-        return _train(train_cfg, workdir, task, full_config)
+        return _train(train_cfg, workdir, task, full_config, metrics_workdir or workdir)
 
 
-def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Optional[dict]) -> dict:
+def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Optional[dict],
+           metrics_workdir: str) -> dict:
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     schedule = optimizer.learning_rate(train_cfg)
@@ -292,7 +298,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         "mfu": last.get("mfu"), "eval": last_eval,
         "best_eval_loss": None if best_eval == float("inf") else best_eval,
     }
-    results.write_metrics(workdir, task.name, figures)
+    path = results.write_metrics(metrics_workdir, task.name, figures)
     print(f"[{task.name}] done: {steps_done} steps this run (now at {final_step}) in {wall:.0f} s; "
-          f"train loss {figures['train_loss']}; figures in {workdir_path / 'metrics.json'}")
+          f"train loss {figures['train_loss']}; figures in {path}")
     return {"state": state, **figures}
