@@ -137,7 +137,7 @@ def from_dict(raw: Any, cls: type[S], prefix: str) -> S:
 # data: which documents to read (issue 3; provenance fields from issue 14)
 # --------------------------------------------------------------------------------------------------
 
-DATA_SOURCES = ("shapes", "folder")
+DATA_SOURCES = ("shapes", "folder", "tfds", "webdataset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +163,13 @@ class DataConfig(Section):
       for training or retrieval; empty allows every licence.
     require_license: refuse documents whose licence is `unknown` (even when allowed_licenses is
       empty).
+    tfds_name / tfds_splits / image_key / caption_key (source `tfds`): any image-text tfds data set
+      already built in `data_dir` (e.g. `coco_captions`), its split names for our train /
+      validation / test, and where image and caption sit in an example (`/` for nesting, e.g.
+      `captions/text`; a list of captions gives its first).
+    webdataset (source `webdataset`): glob of tar shards in the img2dataset layout (`key.jpg|png|
+      webp` + `key.txt` or `key.json` with `caption`, optional `license`, `url`/`source`); local or
+      gs://. Splits by a hash of the key, as for folders.
     """
 
     source: str = "shapes"
@@ -182,6 +189,11 @@ class DataConfig(Section):
     default_attribution: str = ""
     allowed_licenses: tuple[str, ...] = ()
     require_license: bool = False
+    tfds_name: str = ""
+    tfds_splits: tuple[str, ...] = ("train", "validation", "test")
+    image_key: str = "image"
+    caption_key: str = "caption"
+    webdataset: str = ""
 
     def check(self, prefix: str) -> None:
         require_choice(f"{prefix}.source", self.source, DATA_SOURCES)
@@ -195,6 +207,15 @@ class DataConfig(Section):
         require_range(f"{prefix}.test_fraction", self.test_fraction, 0.0, 0.5)
         if self.source == "folder" and not self.folder:
             fail(f"{prefix}.folder", self.folder, "must name the user folder when source='folder'")
+        if self.source == "tfds" and not self.tfds_name:
+            fail(f"{prefix}.tfds_name", self.tfds_name, "must name a tfds data set when "
+                 "source='tfds' (e.g. 'coco_captions')")
+        if len(self.tfds_splits) != 3:
+            fail(f"{prefix}.tfds_splits", self.tfds_splits,
+                 "must give 3 split names: for train, validation and test")
+        if self.source == "webdataset" and not self.webdataset:
+            fail(f"{prefix}.webdataset", self.webdataset,
+                 "must be a glob of tar shards when source='webdataset'")
 
 
 def data_config(cfg: ml_collections.ConfigDict) -> DataConfig:

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cm3leon_jax import cli, config, results
-from cm3leon_jax.data import provenance, shards, sources
+from cm3leon_jax.data import images, provenance, shards, sources, webdataset
 
 STAGE = "prepare"
 _REMOVE = flags.DEFINE_string("remove", None, "File of document ids or source URIs to remove "
@@ -82,7 +82,10 @@ class ApplyPolicy(beam.DoFn):
     def __init__(self, policy: provenance.Policy):
         self.policy = policy
 
-    def process(self, document: dict):
+    def process(self, document):
+        if isinstance(document, tuple):  # ("bad file", reason) from a reader
+            yield beam.pvalue.TaggedOutput(self.EXCLUDED, f"bad file: {document[1]}")
+            return
         reason = self.policy.verdict(document)
         if reason is None:
             yield document
@@ -177,6 +180,38 @@ class WriteShard(beam.DoFn):
             "by_license": dict(counts.by_license),
             "tokens_by_license": dict(counts.tokens_by_license)})
         yield info.name
+
+
+def _shard_items(path: str, data: config.DataConfig, split: str):
+    defaults = {"source": data.default_source, "license": data.default_license,
+                "attribution": data.default_attribution}
+    for item in webdataset.read_shard(path, data.image_size, split, data.validation_fraction,
+                                      data.test_fraction, defaults):
+        yield ("bad file", item.reason) if isinstance(item, images.BadImage) else item
+
+
+def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str):
+    """The split's documents as a PCollection; bad samples as ("bad file", reason) tuples.
+
+    Project builders and tfds data sets are read by tfds's Beam reader (one worker per tfrecord
+    file); WebDataset shards one tar per worker.
+    """
+    if data.source in ("shapes", "folder"):
+        return (pipeline
+                | f"Read {split}" >> tfds.beam.ReadFromTFDS(sources.prepared_builder(data, workdir),
+                                                            split)
+                | f"Document {split}" >> beam.Map(as_document))
+    if data.source == "tfds":
+        tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
+        return (pipeline
+                | f"Read {split}" >> tfds.beam.ReadFromTFDS(
+                    sources.builder(data, workdir), tfds_split,
+                    read_config=tfds.ReadConfig(add_tfds_id=True))
+                | f"Document {split}" >> beam.Map(
+                    lambda example: sources.tfds_document(data, tfds.as_numpy(example), 0, split)))
+    return (pipeline
+            | f"Shards {split}" >> beam.Create(webdataset.shard_paths(data.webdataset))
+            | f"Read {split}" >> beam.FlatMap(_shard_items, data, split))
 
 
 def token_count(record: dict) -> int:
@@ -298,7 +333,6 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
 def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: str,
                  policy: provenance.Policy, tables: dict, building: dict[str, list[int]],
                  vocab_path: str) -> None:
-    builder = sources.prepared_builder(data, workdir)
     out = output_dir(workdir)
     # The train split is the memory bank whenever any split being built has neighbours.
     need_bank = any(split in tables for split in building)
@@ -310,9 +344,7 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
         encoded = {}
         for split in read_splits:
             kept, excluded = (
-                pipeline
-                | f"Read {split}" >> tfds.beam.ReadFromTFDS(builder, split)
-                | f"Document {split}" >> beam.Map(as_document)
+                read_documents(pipeline, data, workdir, split)
                 | f"Policy {split}" >> beam.ParDo(ApplyPolicy(policy)).with_outputs(
                     ApplyPolicy.EXCLUDED, main="kept"))
             if split in building:
@@ -404,7 +436,7 @@ def write_data_card(workdir: str, data: config.DataConfig, prep: config.PrepareC
             if split == "train":  # bad files are counted once, at build time, for the folder
                 split_counts.excluded.update({f"bad file: {k}": v for k, v in skipped.items()})
         counts[split] = split_counts
-    data_set = sources.builder(data, workdir).info.full_name
+    data_set = sources.name(data, workdir)
     return provenance.write_card(workdir, data_set=data_set, policy=policy, splits=counts,
                                  tokenizers={"vocabulary": vocab_path},
                                  shards_fingerprint=manifest["fingerprint"],
