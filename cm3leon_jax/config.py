@@ -230,7 +230,8 @@ class PrepareConfig(Section):
       document rewrites only its shard and those of documents that retrieved it).
     encode_batch_size: images per jit-compiled VQ-GAN call inside a Beam worker.
     splits: which splits to prepare.
-    vocab_dir: the unified vocabulary written by the tokenizer stage; empty = `<workdir>/vocab`.
+    vocab_dir: the unified vocabulary written by the tokenizer stage; empty =
+      `<workdir>/tokenizers/vocab`.
     retrieval: `auto` attaches neighbours where the retrieval stage wrote a neighbour table for the
       split, `required` fails without one, `off` prepares documents without retrieved ones.
     beam_options: Apache Beam pipeline options, e.g. ("--direct_num_workers=2",

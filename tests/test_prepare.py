@@ -143,3 +143,23 @@ def test_licence_policy_excludes_and_counts(tmp_path, vocab_dir):
 def test_missing_vocabulary_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no vocabulary"):
         prepare.prepare(_cfg(), str(tmp_path))
+
+
+def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_dir):
+    from cm3leon_jax.data import audit
+    cfg = _cfg(vocab_dir=str(vocab_dir), retrieval="off", splits=("train",))
+    prepare.prepare(cfg, str(tmp_path))
+    assert audit.problems(str(tmp_path)) == []
+    directory = shards.split_dir(prepare.output_dir(tmp_path), "train")
+    names = sorted(p.name for p in directory.glob("*.tfrecord"))
+    (directory / names[0]).write_bytes(b"corrupted")
+    (directory / names[1]).unlink()
+    found = audit.problems(str(tmp_path))
+    assert any(p.startswith(f"corrupt shard train/{names[0]}") for p in found)
+    assert f"missing shard train/{names[1]}" in found
+    import subprocess, sys, pathlib
+    result = subprocess.run([sys.executable, "-m", "cm3leon_jax.data.audit", "--workdir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            cwd=pathlib.Path(__file__).resolve().parent.parent)
+    assert result.returncode == 1 and "PROBLEM: missing shard" in result.stdout
+    assert "# Data card" in result.stdout

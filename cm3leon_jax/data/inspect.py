@@ -55,7 +55,7 @@ def find_vocab(workdir: str, prepared: epath.Path, override: str = ""):
 
     candidates = [override] if override else []
     recorded = pipeline.read_manifest(prepared).get("vocab", "")
-    candidates += [c for c in (recorded, str(epath.Path(workdir) / "vocab")) if c]
+    candidates += [c for c in (recorded, str(epath.Path(workdir) / "tokenizers" / "vocab")) if c]
     for candidate in candidates:
         if (epath.Path(candidate) / "vocab.json").exists():
             return Vocabulary.load(candidate)

@@ -54,7 +54,8 @@ def output_dir(workdir: str) -> epath.Path:
 
 
 def vocab_dir(prepare: config.PrepareConfig, workdir: str) -> epath.Path:
-    return epath.Path(prepare.vocab_dir or epath.Path(workdir) / "vocab")
+    # Where `tokenizers/train_all.py` saves it.
+    return epath.Path(prepare.vocab_dir or epath.Path(workdir) / "tokenizers" / "vocab")
 
 
 # --------------------------------------------------------------------------------------------------
