@@ -294,8 +294,10 @@ class ModelConfig(Section):
     dtype: compute dtype of activations and matmuls; param_dtype: storage dtype of the weights
       (keep float32 for training; softmax, norms and the loss always run in float32).
     remat: what the backward pass recomputes instead of storing, per block: `none` (store all),
-      `full` (store only each block's input), `dots_saveable` / `dots_with_no_batch_dims_saveable`
-      (store matmul outputs, recompute the cheap elementwise work).
+      `full` (store only each block's input), `dots_saveable` (store every matmul output: weight
+      matmuls and attention; recompute the elementwise work), `dots_with_no_batch_dims_saveable`
+      (store the weight matmul outputs only). `python -m cm3leon_jax.plan` prints the bytes each
+      keeps.
     scan_layers: run the blocks with one `nn.scan` (stacked weights with a leading `layers` axis:
       compile time independent of depth) instead of a Python loop of separately named blocks.
     z_loss: weight of the auxiliary z-loss, z_loss * log(Z)^2 per token (Chameleon uses 1e-5).
@@ -465,6 +467,7 @@ def mesh_config(cfg: ml_collections.ConfigDict) -> MeshConfig:
 CODEBOOK_LOOKUPS = ("cosine", "l2")
 CODEBOOK_UPDATES = ("loss", "ema")
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+RESTART_SAMPLING = ("uniform", "error")
 TEXT_MODEL_TYPES = ("bpe", "unigram")
 # 256 byte pieces + <unk> + room for the corpus's characters and a few merges.
 MIN_TEXT_VOCAB_SIZE = 300
@@ -498,6 +501,9 @@ class VQGANConfig(Section):
     commitment_cost: weight of ||z - sg(code)||^2 (VQ-VAE's beta; taming: 0.25).
     restart_unused_after: a code unused for this many consecutive training steps is re-initialised
       from a random encoder output of the batch; 0 disables restarts.
+    restart_sampling: how that encoder output is drawn: `uniform`, or `error` (probability
+      proportional to its squared distance to its current code, k-means++'s rule: revived codes go
+      where the codebook serves worst).
     reconstruction_loss: `l1` or `l2` on images scaled to [-1, 1].
     discriminator_start: training step from which the PatchGAN loss is on (taming: ~ 10k steps).
     discriminator_weight: scale of the adaptive GAN weight (taming: 0.8); 0 disables the GAN.
@@ -521,6 +527,7 @@ class VQGANConfig(Section):
     ema_decay: float = 0.99
     commitment_cost: float = 0.25
     restart_unused_after: int = 200
+    restart_sampling: str = "uniform"
     reconstruction_loss: str = "l1"
     discriminator_start: int = 2000
     discriminator_weight: float = 0.5
@@ -573,6 +580,7 @@ class VQGANConfig(Section):
         require_positive(f"{prefix}.commitment_cost", self.commitment_cost, allow_zero=True)
         require_positive(f"{prefix}.restart_unused_after", self.restart_unused_after,
                          allow_zero=True)
+        require_choice(f"{prefix}.restart_sampling", self.restart_sampling, RESTART_SAMPLING)
         require_choice(f"{prefix}.reconstruction_loss", self.reconstruction_loss,
                        RECONSTRUCTION_LOSSES)
         require_positive(f"{prefix}.discriminator_start", self.discriminator_start,
@@ -716,7 +724,11 @@ class RetrievalConfig(Section):
     exact_search_below: corpora smaller than this use exact (brute-force) search, no ScaNN tree.
     index_num_leaves / index_leaves_to_search / index_training_sample_size / index_reorder: ScaNN
       tree and re-scoring sizes; 0 derives them from the corpus size (see `index.scann_parameters`).
-    index_dims_per_block / index_anisotropic_threshold: ScaNN asymmetric hashing (score_ah).
+    index_ah_training_sample_size: points the asymmetric-hashing codebooks train on; 0 = min(N, 30k).
+    index_dims_per_block: dimensions per asymmetric-hashing block (score_ah; 2 = 16 codes / 2 dims).
+    index_anisotropic_threshold: 0 = plain (isotropic) asymmetric hashing; > 0, e.g. 0.2, turns on
+      ScaNN's anisotropic quantisation, which nearly doubled the build at 1M documents for no recall
+      gain once the best candidates are re-scored exactly (docs/BENCHMARKS.md, Retrieval).
     search_batch_size: queries per batched search call.
     index_dir: where the index is saved; empty means `<workdir>/retrieval_index`.
 
@@ -749,7 +761,8 @@ class RetrievalConfig(Section):
     index_leaves_to_search: int = 0
     index_training_sample_size: int = 0
     index_dims_per_block: int = 2
-    index_anisotropic_threshold: float = 0.2
+    index_ah_training_sample_size: int = 0
+    index_anisotropic_threshold: float = 0.0
     index_reorder: int = 0
     search_batch_size: int = 1024
     index_dir: str = ""
@@ -790,7 +803,8 @@ class RetrievalConfig(Section):
                  f"must exceed config.{prefix}.k={self.k} (the query itself and near-duplicates "
                  "are among the candidates)")
         for name in ("exact_search_below", "index_num_leaves", "index_leaves_to_search",
-                     "index_training_sample_size", "index_reorder"):
+                     "index_training_sample_size", "index_ah_training_sample_size",
+                     "index_reorder"):
             require_positive(f"{prefix}.{name}", getattr(self, name), allow_zero=True)
         if self.index_num_leaves and self.index_leaves_to_search > self.index_num_leaves:
             fail(f"{prefix}.index_leaves_to_search", self.index_leaves_to_search,
@@ -799,8 +813,9 @@ class RetrievalConfig(Section):
             fail(f"{prefix}.index_reorder", self.index_reorder,
                  f"must be 0 (derived) or >= config.{prefix}.num_candidates={self.num_candidates}")
         require_range(f"{prefix}.index_dims_per_block", self.index_dims_per_block, 1, 8)
-        require_range(f"{prefix}.index_anisotropic_threshold", self.index_anisotropic_threshold,
-                      0.0, 1.0)
+        if not 0.0 <= self.index_anisotropic_threshold < 1.0:
+            fail(f"{prefix}.index_anisotropic_threshold", self.index_anisotropic_threshold,
+                 "must be in [0, 1) (0: isotropic asymmetric hashing)")
         if self.text_max_length < 3:
             fail(f"{prefix}.text_max_length", self.text_max_length,
                  "must be >= 3 (BOS, at least one byte, EOS)")
