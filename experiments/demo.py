@@ -2,21 +2,34 @@
 
     python -m cm3leon_jax.demo --workdir /tmp/cm3leon_demo
 
-Builds `shapes` (2,000 / 200 / 200 examples at 32x32), checks the verifier against the ground truth
-of the shown examples, and writes `<workdir>/demo/examples.png` (examples with their captions) and
-`<workdir>/metrics.json`. Later stages add themselves to `cm3leon_jax/demo.py` and their sections
-here, each at its tiny setting.
+Runs every stage at its tiny setting (`experiments/pretrain_tiny.py` + `sft_tiny.py`): build
+`shapes`, train the tokenizers (VQ-GAN + sentencepiece), train the retrieval bi-encoder and build
+its index and neighbour tables, prepare the token shards (Beam) with their data card, pretrain with
+the CM3 objective, instruction-tune, and generate. It writes pictures to `<workdir>/demo/` and every
+stage's figures to `<workdir>/metrics.json`. Training lengths: `--config.demo.pretrain_train.steps`
+and `--config.demo.sft_train.steps`; `--config.demo.stages='("data", "tokenizers")'` runs a prefix.
 
-Measured on the 2-core CPU machine: about 15 s wall time, verifier agreement 16/16.
+Measured on the 2-core CPU machine: see docs/BENCHMARKS.md ("End-to-end demo").
 """
+
+import importlib.util
+import pathlib
 
 import ml_collections
 
 
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config(arg=None):
     del arg
-    cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(
-        source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200, seed=0))
-    cfg.demo = ml_collections.ConfigDict(dict(grid_examples=16))
+    cfg = _load("sft_tiny")
+    cfg.demo = ml_collections.ConfigDict(dict(
+        grid_examples=16,
+        stages=("data", "tokenizers", "retrieval", "prepare", "pretrain", "sft"),
+        pretrain_train=_load("pretrain_tiny").train, sft_train=cfg.train))
     return cfg

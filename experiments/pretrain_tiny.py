@@ -21,6 +21,23 @@ def get_config(arg=None):
     cfg = ml_collections.ConfigDict()
     cfg.data = ml_collections.ConfigDict(dict(
         source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200, seed=0))
+    # Tokenizers (python -m cm3leon_jax.tokenizers.train_all): 32x32 -> 8x8 codes, 512 codes.
+    cfg.vqgan = ml_collections.ConfigDict(dict(
+        image_size=32, downsample_factor=4, channels=16, channel_multipliers=(1, 2, 2),
+        num_res_blocks=1, attention_resolutions=(), mid_attention=False, norm_groups=8,
+        codebook_size=512, code_dim=32, codebook_lookup="cosine", codebook_update="loss",
+        commitment_cost=0.25, restart_unused_after=100, reconstruction_loss="l1",
+        discriminator_start=100000, discriminator_weight=0.5))
+    cfg.vqgan_train = ml_collections.ConfigDict(dict(
+        num_steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=30, log_every=100,
+        image_every=200, checkpoint_every=200, eval_batch_size=100, seed=0))
+    cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
+    # Retrieval (train_encoder -> build_index -> neighbours): a small CLIP-style bi-encoder.
+    cfg.retrieval = ml_collections.ConfigDict(dict(
+        k=2, text_max_length=144, text_width=64, text_layers=2, text_heads=4, vision_width=64,
+        vision_layers=2, vision_heads=4, patch_size=8, projection_dim=64, train_steps=200,
+        batch_size=64, learning_rate=2e-3, warmup_steps=20, log_every=50, checkpoint_every=200,
+        embed_batch_size=256))
     cfg.prepare = ml_collections.ConfigDict(dict(num_shards=4, encode_batch_size=64,
                                                  retrieval="auto"))
     cfg.cm3 = ml_collections.ConfigDict(dict(seq_len=384, unmasked_rate=0.1, max_spans=16))

@@ -1,0 +1,195 @@
+"""Generate with a trained model: text-to-image, captioning, VQA, editing, text infilling.
+
+    python -m cm3leon_jax.generate --workdir W --task text2image \\
+        --prompt "a red circle at the top left" --out grid.png
+    python -m cm3leon_jax.generate --workdir W --task caption --image x.png
+    python -m cm3leon_jax.generate --workdir W --task vqa --image x.png --question "what colour is the circle?"
+    python -m cm3leon_jax.generate --workdir W --task edit --image x.png \\
+        --instruction "make the circle green" --out edited.png
+    python -m cm3leon_jax.generate --workdir W --task infill --prompt "a <mask> circle at the top left"
+
+The model is W/sft when it has a checkpoint, else W/pretrain (`--stage` chooses); its config comes
+from the checkpoint (or `--config experiments/<file>.py`), the vocabulary from
+W/prepared/manifest.json (or W/vocab). Prompts follow the chosen stage's training layout and SFT
+templates (`cm3leon_jax/generation/prompts.py`). When W has a retrieval index, text-to-image and
+captioning prompts get 2 retrieved documents in front (`--no_retrieval` turns that off).
+
+Images are written as one PNG grid (`--out`, default W/generated/<task>.png): N samples best first
+(reranked by the retrieval encoder's text-image score when W has one, else by the model's mean
+log-probability), each labelled with the prompt and its score; editing shows the source image first.
+Text results are printed, one line per sample; `--json` prints one JSON object instead.
+
+Sampling defaults per task: images temperature 1, top-p 1, CFG scale 3 (the paper's alpha ~ 3),
+4 samples; text greedy (temperature 0), 1 sample. Every flag overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+TASKS = ("text2image", "caption", "vqa", "edit", "infill")
+IMAGE_TASKS = ("text2image", "edit")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Optional config file (experiments/<name>.py); default: the checkpoint's own.",
+    lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The project workdir holding the trained model.")
+_TASK = flags.DEFINE_enum("task", "text2image", TASKS, "What to generate.")
+_PROMPT = flags.DEFINE_string("prompt", None, "text2image: the caption; infill: text with <mask>.")
+_IMAGE = flags.DEFINE_string("image", None, "caption / vqa / edit: the input image file.")
+_QUESTION = flags.DEFINE_string("question", None, "vqa: the question.")
+_INSTRUCTION = flags.DEFINE_string("instruction", None, "edit: the edit instruction.")
+_OUT = flags.DEFINE_string("out", None, "PNG grid for image tasks (default W/generated/<task>.png).")
+_STAGE = flags.DEFINE_enum("stage", None, ["pretrain", "sft"],
+                           "Which model: default sft if W/sft has a checkpoint, else pretrain.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per prompt (images: 4, text: 1).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "0 = greedy (images: 1, text: 0).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", None,
+                                "Classifier-free guidance alpha for image tokens (default 3; 1 = off).")
+_CD_K = flags.DEFINE_integer("cd_k", 0, "Contrastive decoding TopK: k (0 = off).")
+_CD_ALPHA = flags.DEFINE_float("cd_alpha", 0.1, "Contrastive decoding TopK: alpha.")
+_NO_RETRIEVAL = flags.DEFINE_bool("no_retrieval", False, "Do not prepend retrieved documents.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (the same seed gives the same samples).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Text tasks: longest output.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Rows per compiled decoding call.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every result.")
+
+
+class UsageProblem(ValueError):
+    """A flag combination that cannot work; reported as one line."""
+
+
+def _require(value: Optional[str], flag: str, task: str) -> str:
+    if not value:
+        raise UsageProblem(f"--task {task} needs --{flag}")
+    return value
+
+
+def sampling_from_flags(task: str):
+    from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
+
+    image = task in IMAGE_TASKS
+    temperature = _TEMPERATURE.value if _TEMPERATURE.value is not None else (1.0 if image
+                                                                             else 0.0)
+    cfg_scale = _CFG_SCALE.value if _CFG_SCALE.value is not None else (3.0 if image else 1.0)
+    if not image and (cfg_scale != 1.0 or _CD_K.value):
+        raise UsageProblem(f"--cfg_scale / --cd_k guide image tokens; --task {task} writes text")
+    return SamplingConfig(temperature=temperature, top_k=_TOP_K.value, top_p=_TOP_P.value,
+                          cfg_scale=cfg_scale, cd_k=_CD_K.value, cd_alpha=_CD_ALPHA.value).check()
+
+
+def _read_image(path: str, size: int):
+    from cm3leon_jax.data import images  # noqa: PLC0415
+
+    return images.read(path, size)[None]
+
+
+def run(workdir: str, task: str) -> dict:
+    """Runs one request from the flags; returns what `--json` prints."""
+    import numpy as np  # noqa: PLC0415
+
+    from cm3leon_jax import visualize  # noqa: PLC0415
+    from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
+
+    sampling = sampling_from_flags(task)
+    image_task = task in IMAGE_TASKS
+    num_samples = _NUM_SAMPLES.value or (4 if image_task else 1)
+    if task in ("text2image", "infill"):
+        _require(_PROMPT.value, "prompt", task)
+    if task in ("caption", "vqa", "edit"):
+        _require(_IMAGE.value, "image", task)
+    generator = Generator.from_workdir(workdir, stage=_STAGE.value, cfg=_CONFIG.value,
+                                       retrieval=not _NO_RETRIEVAL.value,
+                                       batch_size=_BATCH_SIZE.value)
+    report = {"task": task, "workdir": workdir, "stage": generator.stage, "step": generator.step,
+              "sampling": sampling.__dict__, "seed": _SEED.value, "num_samples": num_samples}
+    source = None
+    if _IMAGE.value:
+        source = _read_image(_IMAGE.value, generator.image_tokenizer.image_size)
+        report["image"] = _IMAGE.value
+    common = dict(num_samples=num_samples, sampling=sampling, seed=_SEED.value)
+    if task == "text2image":
+        result = generator.text_to_image([_PROMPT.value], retrieval=None if not
+                                         _NO_RETRIEVAL.value else False, **common)[0]
+        report["prompt"] = _PROMPT.value
+    elif task == "edit":
+        instruction = _require(_INSTRUCTION.value, "instruction", task)
+        result = generator.edit(source, [instruction], **common)[0]
+        report["instruction"] = instruction
+    elif task == "caption":
+        result = generator.caption(source, max_new_tokens=_MAX_NEW_TOKENS.value,
+                                   retrieval=None if not _NO_RETRIEVAL.value else False,
+                                   **common)[0]
+    elif task == "vqa":
+        question = _require(_QUESTION.value, "question", task)
+        result = generator.vqa(source, [question], max_new_tokens=_MAX_NEW_TOKENS.value,
+                               **common)[0]
+        report["question"] = question
+    else:
+        result = generator.infill([_PROMPT.value], max_new_tokens=_MAX_NEW_TOKENS.value,
+                                  **common)[0]
+        report["prompt"] = _PROMPT.value
+
+    if image_task:
+        out = _OUT.value or os.path.join(workdir, "generated", f"{task}.png")
+        label = report.get("prompt") or report.get("instruction")
+        texts = [f"{label} | #{i + 1} {result.score_name} {score:.3f}"
+                 for i, score in enumerate(result.scores)]
+        images = list(result.images)
+        if source is not None:
+            images, texts = [source[0]] + images, ["source image"] + texts
+        visualize.save_grid(out, images, texts, columns=min(len(images), 4))
+        report.update(out=out, score_name=result.score_name, retrieved=result.retrieved,
+                      scores=[float(s) for s in result.scores],
+                      codes=np.asarray(result.codes).tolist())
+    else:
+        report.update(texts=result.texts, scores=[float(s) for s in result.scores],
+                      score_name="mean_log_prob", retrieved=result.retrieved)
+        if result.spans is not None:
+            report["spans"] = result.spans
+    return report
+
+
+def _print(report: dict) -> None:
+    if _JSON.value:
+        print(json.dumps(report))
+        return
+    where = f"[{report['stage']} step {report['step']}]"
+    if report["task"] in IMAGE_TASKS:
+        scores = ", ".join(f"{s:.3f}" for s in report["scores"])
+        print(f"{where} wrote {len(report['scores'])} image(s) to {report['out']} "
+              f"({report['score_name']}: {scores}; retrieved documents: {report['retrieved']})")
+        return
+    for index, text in enumerate(report["texts"]):
+        print(f"{where} #{index + 1} ({report['scores'][index]:.3f}): {text}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    from cm3leon_jax.config import ConfigError  # noqa: PLC0415
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it touches at INFO.
+
+    try:
+        report = run(_WORKDIR.value, _TASK.value)
+    except (UsageProblem, ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    _print(report)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)
