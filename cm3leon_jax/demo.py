@@ -66,7 +66,7 @@ def retrieval_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     figures = dict(train_encoder.train(cfg, workdir))
     build_index.build(cfg, workdir)
-    neighbours.main(cfg, workdir, splits=tuple(config.prepare_config(cfg).splits))
+    neighbours.main(cfg, workdir)  # tables for every split in retrieval.neighbour_splits
     print(f"[demo] retrieval: {', '.join(f'{k} {v:.2f}' for k, v in figures.items() if 'recall' in k)}")
     return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
 

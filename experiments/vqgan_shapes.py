@@ -20,10 +20,10 @@ def get_config(arg=None):
         num_res_blocks=1, attention_resolutions=(), mid_attention=True, norm_groups=8,
         codebook_size=512, code_dim=8, codebook_lookup="l2", codebook_update="ema",
         ema_decay=0.99, commitment_cost=0.25, restart_unused_after=20,
-        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=4500,
+        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=7000,
         discriminator_weight=0.0, discriminator_channels=16, discriminator_layers=2))
     cfg.vqgan_train = ml_collections.ConfigDict(dict(
-        num_steps=5000, batch_size=8, learning_rate=2e-3, warmup_steps=100,
+        num_steps=8000, batch_size=8, learning_rate=2e-3, warmup_steps=100,
         final_learning_rate_fraction=0.05, adam_b1=0.9, adam_b2=0.99,
         discriminator_learning_rate=2e-4, log_every=100, image_every=1000, checkpoint_every=1000,
         eval_batch_size=100, seed=0))
