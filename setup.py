@@ -26,11 +26,13 @@ setuptools.setup(
         "absl-py",
         "etils[epath]",
         "importlib_resources",  # tensorflow-datasets imports it without declaring it
+        "apache-beam",  # data preparation runs as a Beam pipeline (DirectRunner by default)
+        "safetensors",  # Hugging Face export / CLIP import
+        "pyyaml",  # model card header
     ],
     extras_require={
         # torch must be installed as `torch==2.13.0` *before* this extra (see .ci/run): an unpinned
         # torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "torch", "transformers", "safetensors"],
-        "beam": ["apache-beam"],
+        "test": ["pytest", "torch", "transformers", "fsspec"],
     },
 )
