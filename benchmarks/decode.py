@@ -21,15 +21,16 @@ For each model shape (`tiny`: d=64, 2 layers, 4 heads, vocab 1,024; `cm3leon`: d
   `dtype=param_dtype=bfloat16`: bfloat16 matmuls accumulating in float32; torch's model
   `.to(torch.bfloat16)`): half the bytes per step, and this CPU has AMX;
 * the memory-bandwidth bound: a decode step must read every weight once (shared by the batch)
-  plus each row's keys and values; with the machine's read bandwidth measured here (a jitted sum
-  over a 256 MiB float32 array, best of several), tokens/s <= batch * bandwidth / bytes per step.
+  plus each row's keys and values; with the machine's read bandwidth measured here (jitted and
+  numpy sums over a 256 MiB float32 array, best of several), tokens/s <= batch * bandwidth / bytes
+  per step.
 
 Each figure is the best of a few timed runs after a warm-up run (compilation excluded), ours and
 torch's interleaved so both see the same machine load; the 1-minute load average before and after
 is recorded because this workplace's CPU is shared. Rates are given per wall-clock second and per
 CPU second of the process (all threads): on a machine shared with other jobs the second counts the
-work each implementation does, the first also how it copes with losing its cores. Timings include the prompt's prefill, as
-`generate`'s do. Prompt: 16 random tokens per row.
+work each implementation does, the first also how it copes with losing its cores. Timings include
+the prompt's prefill, as `generate`'s do. Prompt: 16 random tokens per row.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
     python -m cm3leon_jax.generate --workdir W --task text2image \\
         --prompt "a red circle at the top left" --out grid.png
     python -m cm3leon_jax.generate --workdir W --task caption --image x.png
-    python -m cm3leon_jax.generate --workdir W --task vqa --image x.png --question "what colour is the circle?"
+    python -m cm3leon_jax.generate --workdir W --task vqa --image x.png \\
+        --question "what colour is the circle?"
     python -m cm3leon_jax.generate --workdir W --task edit --image x.png \\
         --instruction "make the circle green" --out edited.png
-    python -m cm3leon_jax.generate --workdir W --task infill --prompt "a <mask> circle at the top left"
+    python -m cm3leon_jax.generate --workdir W --task infill \\
+        --prompt "a <mask> circle at the top left"
 
 The model is W/sft when it has a checkpoint, else W/pretrain (`--stage` chooses); its config comes
 from the checkpoint (or `--config experiments/<file>.py`), the vocabulary from
@@ -45,7 +47,8 @@ _PROMPT = flags.DEFINE_string("prompt", None, "text2image: the caption; infill: 
 _IMAGE = flags.DEFINE_string("image", None, "caption / vqa / edit: the input image file.")
 _QUESTION = flags.DEFINE_string("question", None, "vqa: the question.")
 _INSTRUCTION = flags.DEFINE_string("instruction", None, "edit: the edit instruction.")
-_OUT = flags.DEFINE_string("out", None, "PNG grid for image tasks (default W/generated/<task>.png).")
+_OUT = flags.DEFINE_string("out", None,
+                           "PNG grid for image tasks (default W/generated/<task>.png).")
 _STAGE = flags.DEFINE_enum("stage", None, ["pretrain", "sft"],
                            "Which model: default sft if W/sft has a checkpoint, else pretrain.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per prompt (images: 4, text: 1).")
@@ -53,7 +56,8 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "0 = greedy (images: 1, t
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", None,
-                                "Classifier-free guidance alpha for image tokens (default 3; 1 = off).")
+                                "Classifier-free guidance alpha for image tokens "
+                                "(default 3; 1 = off).")
 _CD_K = flags.DEFINE_integer("cd_k", 0, "Contrastive decoding TopK: k (0 = off).")
 _CD_ALPHA = flags.DEFINE_float("cd_alpha", 0.1, "Contrastive decoding TopK: alpha.")
 _NO_RETRIEVAL = flags.DEFINE_bool("no_retrieval", False, "Do not prepend retrieved documents.")

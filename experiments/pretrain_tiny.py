@@ -33,11 +33,14 @@ def get_config(arg=None):
         image_every=200, checkpoint_every=200, eval_batch_size=100, seed=0))
     cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
     # Retrieval (train_encoder -> build_index -> neighbours): a small CLIP-style bi-encoder.
+    # The settings of experiments/retrieval_shapes.py, which reached recall@5 0.80 on the shapes test
+    # split. A smaller tower (width 64, patch 8, 200 steps) was tried for the demo and stayed at
+    # chance, so every candidate looked alike and the relevance rule left no neighbour at all.
     cfg.retrieval = ml_collections.ConfigDict(dict(
-        k=2, text_max_length=144, text_width=64, text_layers=2, text_heads=4, vision_width=64,
-        vision_layers=2, vision_heads=4, patch_size=8, projection_dim=64, train_steps=200,
-        batch_size=64, learning_rate=2e-3, warmup_steps=20, log_every=50, checkpoint_every=200,
-        embed_batch_size=256))
+        k=2, num_candidates=256, text_max_length=144, text_width=96, text_layers=2, text_heads=4,
+        vision_width=96, vision_layers=2, vision_heads=4, patch_size=4, projection_dim=128,
+        train_steps=300, batch_size=128, learning_rate=2e-3, warmup_steps=30, log_every=50,
+        checkpoint_every=300, embed_batch_size=256))
     cfg.prepare = ml_collections.ConfigDict(dict(num_shards=4, encode_batch_size=64,
                                                  retrieval="auto"))
     cfg.cm3 = ml_collections.ConfigDict(dict(seq_len=384, unmasked_rate=0.1, max_spans=16))

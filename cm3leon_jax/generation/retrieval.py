@@ -78,8 +78,8 @@ class PromptRetriever:
         self.finder, self.store, self.special = finder, store, special
 
     @classmethod
-    def from_workdir(cls, workdir: str, cfg: Optional[ml_collections.ConfigDict], special: SpecialIds
-                     ) -> Optional["PromptRetriever"]:
+    def from_workdir(cls, workdir: str, cfg: Optional[ml_collections.ConfigDict],
+                     special: SpecialIds) -> Optional["PromptRetriever"]:
         """The retriever of `workdir`, or None when it has no retrieval index (or encoder).
 
         Paths follow the run's config (`retrieval.encoder_dir` / `index_dir`, default
