@@ -489,6 +489,19 @@ def test_generator_tasks_on_a_workdir(project):
     assert len(pretrained.caption(image, num_samples=2,
                                   sampling=SamplingConfig(temperature=1.0))[0].texts) == 2
 
+    class Found:  # stands in for a PromptRetriever over a built index
+        def documents(self, texts=None, images=None):
+            vocab = pretrained.vocab
+            document = layout.Document(text=np.asarray(vocab.encode_text("a small red circle")),
+                                       image=np.arange(64, dtype=np.int32) + vocab.image_offset)
+            return [[document, document]] * len(texts)
+
+    pretrained.retriever = Found()
+    augmented = pretrained.text_to_image(["a red circle"])[0]
+    plain = pretrained.text_to_image(["a red circle"], retrieval=False)[0]
+    assert augmented.retrieved == 2 and plain.retrieved == 0
+    assert augmented.codes.shape == (1, 8, 8)
+
 
 def test_missing_checkpoint_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="cm3leon_jax.pretrain"):
