@@ -499,7 +499,9 @@ def test_generator_tasks_on_a_workdir(project):
     pretrained.retriever = Found()
     augmented = pretrained.text_to_image(["a red circle"])[0]
     plain = pretrained.text_to_image(["a red circle"], retrieval=False)[0]
-    assert augmented.retrieved == 2 and plain.retrieved == 0
+    # ~80 ids per document: with the prompt and 65 new tokens only one fits 192 positions, and
+    # the less relevant (second) one is dropped, as in training.
+    assert augmented.retrieved == 1 and plain.retrieved == 0
     assert augmented.codes.shape == (1, 8, 8)
 
 
