@@ -14,7 +14,10 @@ The model is W/sft when it has a checkpoint, else W/pretrain (`--stage` chooses)
 from the checkpoint (or `--config experiments/<file>.py`), the vocabulary from
 W/prepared/manifest.json (or W/vocab). Prompts follow the chosen stage's training layout and SFT
 templates (`cm3leon_jax/generation/prompts.py`). When W has a retrieval index, text-to-image and
-captioning prompts get 2 retrieved documents in front (`--no_retrieval` turns that off).
+captioning prompts of the pretrained model get 2 retrieved documents in front, as in its training
+(`--retrieval off` or `--no_retrieval` turns that off); the SFT model's prompts get none unless
+`--retrieval on` (its instruction examples never had any, and with them the demo's SFT model
+answered "no." instead of captioning).
 
 Images are written as one PNG grid (`--out`, default W/generated/<task>.png): N samples best first
 (reranked by the retrieval encoder's text-image score when W has one, else by the model's mean
@@ -33,15 +36,16 @@ import sys
 from typing import Optional
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+# The shared `--config` / `--workdir` flags (defined once for every entry point: modules such as
+# the retriever import `cli` too, and absl refuses a flag defined twice). Here `--config` is
+# optional: by default the model's config is the one saved in its checkpoint.
+from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
 
 TASKS = ("text2image", "caption", "vqa", "edit", "infill")
 IMAGE_TASKS = ("text2image", "edit")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional config file (experiments/<name>.py); default: the checkpoint's own.",
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The project workdir holding the trained model.")
+FLAGS = flags.FLAGS
 _TASK = flags.DEFINE_enum("task", "text2image", TASKS, "What to generate.")
 _PROMPT = flags.DEFINE_string("prompt", None, "text2image: the caption; infill: text with <mask>.")
 _IMAGE = flags.DEFINE_string("image", None, "caption / vqa / edit: the input image file.")
@@ -60,7 +64,10 @@ _CFG_SCALE = flags.DEFINE_float("cfg_scale", None,
                                 "(default 3; 1 = off).")
 _CD_K = flags.DEFINE_integer("cd_k", 0, "Contrastive decoding TopK: k (0 = off).")
 _CD_ALPHA = flags.DEFINE_float("cd_alpha", 0.1, "Contrastive decoding TopK: alpha.")
-_NO_RETRIEVAL = flags.DEFINE_bool("no_retrieval", False, "Do not prepend retrieved documents.")
+_RETRIEVAL = flags.DEFINE_enum("retrieval", "auto", ["auto", "on", "off"],
+                               "Retrieved documents before text2image / caption prompts: auto = "
+                               "on for the pretrained model when W has an index, off for SFT.")
+_NO_RETRIEVAL = flags.DEFINE_bool("no_retrieval", False, "Same as --retrieval off.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (the same seed gives the same samples).")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Text tasks: longest output.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Rows per compiled decoding call.")
@@ -110,8 +117,11 @@ def run(workdir: str, task: str) -> dict:
         _require(_PROMPT.value, "prompt", task)
     if task in ("caption", "vqa", "edit"):
         _require(_IMAGE.value, "image", task)
-    generator = Generator.from_workdir(workdir, stage=_STAGE.value, cfg=_CONFIG.value,
-                                       retrieval=not _NO_RETRIEVAL.value,
+    retrieval = {"auto": None, "on": True, "off": False}[_RETRIEVAL.value]
+    if _NO_RETRIEVAL.value:
+        retrieval = False
+    generator = Generator.from_workdir(workdir, stage=_STAGE.value, cfg=FLAGS.config,
+                                       retrieval=retrieval is not False,
                                        batch_size=_BATCH_SIZE.value)
     report = {"task": task, "workdir": workdir, "stage": generator.stage, "step": generator.step,
               "sampling": sampling.__dict__, "seed": _SEED.value, "num_samples": num_samples}
@@ -121,8 +131,7 @@ def run(workdir: str, task: str) -> dict:
         report["image"] = _IMAGE.value
     common = dict(num_samples=num_samples, sampling=sampling, seed=_SEED.value)
     if task == "text2image":
-        result = generator.text_to_image([_PROMPT.value], retrieval=None if not
-                                         _NO_RETRIEVAL.value else False, **common)[0]
+        result = generator.text_to_image([_PROMPT.value], retrieval=retrieval, **common)[0]
         report["prompt"] = _PROMPT.value
     elif task == "edit":
         instruction = _require(_INSTRUCTION.value, "instruction", task)
@@ -130,8 +139,7 @@ def run(workdir: str, task: str) -> dict:
         report["instruction"] = instruction
     elif task == "caption":
         result = generator.caption(source, max_new_tokens=_MAX_NEW_TOKENS.value,
-                                   retrieval=None if not _NO_RETRIEVAL.value else False,
-                                   **common)[0]
+                                   retrieval=retrieval, **common)[0]
     elif task == "vqa":
         question = _require(_QUESTION.value, "question", task)
         result = generator.vqa(source, [question], max_new_tokens=_MAX_NEW_TOKENS.value,
@@ -179,7 +187,7 @@ def _print(report: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _WORKDIR.value:
+    if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     from cm3leon_jax.config import ConfigError  # noqa: PLC0415
 
@@ -187,7 +195,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it touches at INFO.
 
     try:
-        report = run(_WORKDIR.value, _TASK.value)
+        report = run(FLAGS.workdir, _TASK.value)
     except (UsageProblem, ConfigError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

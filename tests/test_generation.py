@@ -499,6 +499,8 @@ def test_generator_tasks_on_a_workdir(project):
     pretrained.retriever = Found()
     augmented = pretrained.text_to_image(["a red circle"])[0]
     plain = pretrained.text_to_image(["a red circle"], retrieval=False)[0]
+    gen.retriever = Found()  # the SFT model never saw retrieved documents: off unless asked
+    assert gen.text_to_image(["a red circle"])[0].retrieved == 0
     # ~80 ids per document: with the prompt and 65 new tokens only one fits 192 positions, and
     # the less relevant (second) one is dropped, as in training.
     assert augmented.retrieved == 1 and plain.retrieved == 0

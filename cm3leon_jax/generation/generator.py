@@ -14,6 +14,9 @@ Two levels, for two kinds of callers:
     gen.caption(images)[0].texts[0]; gen.vqa(images, questions); gen.edit(images, instructions)
     gen.infill(["a <mask> circle at the top left"])
 
+Retrieved documents go before text-to-image and captioning prompts of the pretrained model when
+`W` has a retrieval index (the SFT model's only on request, `Generator.retrieval_by_default`).
+
 Loading: params from the latest checkpoint of `W/<stage>` (`train/checkpoint.restore_params`), the
 model config from that checkpoint's saved config (or a config file), the vocabulary from
 `W/prepared/manifest.json`'s "vocab" (or `W/vocab`). Stage: "sft" when `W/sft` has a checkpoint,
@@ -258,13 +261,27 @@ class Generator:
     def _budget(self, prompt_len: int, new_tokens: int) -> int:
         return self.model_cfg.max_seq_len - new_tokens - prompt_len
 
+    @property
+    def retrieval_by_default(self) -> bool:
+        """Whether prompts get retrieved documents when the caller does not say: for the
+        pretrained model, whose training examples all began with them; not for the SFT model,
+        whose instruction examples never had any (`data/sft_tasks.py`). On the demo workdir the
+        SFT model captioned a red circle "a picture of a large red circle at the top left ..."
+        without them and "no." with them."""
+        return self.stage == "pretrain" and self.retriever is not None
+
     def _retrieved(self, use: Optional[bool], image_first: bool, prompt_lens: Sequence[int],
                    new_tokens: int, texts=None, images=None
                    ) -> tuple[list[np.ndarray], list[int]]:
         """Per query, its `ret_1 <break> ret_2 <break>` prefix (fitted to the model's length)
-        and how many documents it holds."""
+        and how many documents it holds. use: None = `retrieval_by_default`."""
         count = len(prompt_lens)
-        if use is False or self.retriever is None:
+        if use is None:
+            use = self.retrieval_by_default
+        if use and self.retriever is None:
+            raise ValueError("retrieval was requested but this workdir has no retrieval index: "
+                             "build it with python -m cm3leon_jax.retrieval.build_index")
+        if not use:
             return [np.zeros(0, np.int32)] * count, [0] * count
         found = self.retriever.documents(texts=texts, images=images)
         special = self.builder.special
@@ -325,7 +342,7 @@ class Generator:
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
                       retrieval: Optional[bool] = None) -> list[ImageResult]:
         """Images for captions, N samples each, best first (CLIP rerank when an encoder exists).
-        retrieval: None = prepend retrieved documents when the workdir has an index."""
+        retrieval: prepend retrieved documents (None: `retrieval_by_default`)."""
         new_tokens = self.vocab.tokens_per_image - 1
         bare = [self.builder.text_to_image(c) for c in captions]
         prefixes, counts = self._retrieved(retrieval, False, [len(p.ids) for p in bare],
@@ -345,7 +362,7 @@ class Generator:
                 sampling: SamplingConfig = SamplingConfig(temperature=0.0), seed: int = 0,
                 max_new_tokens: int = DEFAULT_TEXT_TOKENS, retrieval: Optional[bool] = None
                 ) -> list[TextResult]:
-        """Captions of uint8 images (greedy by default)."""
+        """Captions of uint8 images (greedy by default); retrieval as `text_to_image`."""
         images = np.asarray(images, np.uint8)
         codes = self.encode_images(images)
         bare = [self.builder.caption(c) for c in codes]

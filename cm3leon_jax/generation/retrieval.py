@@ -2,14 +2,15 @@
 
 CM3leon pretrains on `ret_1 <break> ret_2 <break> query` and generates the same way: the paper's
 best zero-shot FID uses 2 retrieved documents at inference. So, when the workdir holds a retrieval
-index (`python -m cm3leon_jax.retrieval.build_index`), generation embeds the prompt with the same
+index (`python -m cm3leon_jax.retrieval.build_index`), generation with the pretrained model (the
+SFT model only on request: `Generator.retrieval_by_default`) embeds the prompt with the same
 bi-encoder, applies the same selection rules as data preparation (`retrieval/rules.py`:
 relevance, modality, diversity; no query dropout at inference) and prepends the chosen documents.
 
 The index stores embeddings and document ids only; the documents' tokens live in the prepared
 shards of the split the index was built over (the train split). `DocumentStore` finds a
-document's shard through the shards' sidecar files (each lists its document ids) and reads only
-the shards it needs, once. A bank document without a prepared record (refused by the licence
+document's shard through the sidecar files of the shards the manifest lists (each names its
+document ids) and reads only the shards it needs, once. A bank document without a prepared record (refused by the licence
 policy, or removed since) is skipped, as `prepare` skips it.
 """
 
@@ -34,7 +35,8 @@ class DocumentStore:
     """Text and image ids of prepared documents, by document id (read lazily per shard)."""
 
     def __init__(self, prepared: str | epath.Path, split: str = INDEX_SPLIT):
-        self.directory = epath.Path(prepared) / split
+        self.prepared, self.split = epath.Path(prepared), split
+        self.directory = self.prepared / split
         self._shard_of: Optional[dict[str, str]] = None
         self._documents: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._read: set[str] = set()
@@ -44,7 +46,9 @@ class DocumentStore:
 
         if self._shard_of is None:
             self._shard_of = {}
-            for sidecar in sorted(self.directory.glob("*.json")):
+            listed = shards.read_manifest(self.prepared)["splits"].get(self.split, {})
+            for shard in listed.get("shards", []):
+                sidecar = shards.sidecar_path(self.directory / shard["name"])
                 info = shards.ShardInfo(**json.loads(sidecar.read_text()))
                 for document_id in info.document_ids:
                     self._shard_of[document_id] = info.name
