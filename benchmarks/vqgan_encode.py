@@ -63,20 +63,20 @@ def torch_encoder(config: VQGANConfig, variables: dict):
         kernel = torch.from_numpy(np.asarray(params["kernel"]).transpose(3, 2, 0, 1).copy())
         layer = nn.Conv2d(kernel.shape[1], kernel.shape[0], kernel.shape[2:], stride=stride,
                           padding=padding)
-        layer.weight.data, layer.bias.data = kernel, torch.from_numpy(np.asarray(params["bias"]))
+        layer.weight.data, layer.bias.data = kernel, torch.from_numpy(np.array(params["bias"]))
         return layer
 
     def norm(params):
         layer = nn.GroupNorm(config.norm_groups, len(params["scale"]), eps=1e-6)
-        layer.weight.data = torch.from_numpy(np.asarray(params["scale"]))
-        layer.bias.data = torch.from_numpy(np.asarray(params["bias"]))
+        layer.weight.data = torch.from_numpy(np.array(params["scale"]))
+        layer.bias.data = torch.from_numpy(np.array(params["bias"]))
         return layer
 
     def dense(params):
         kernel = np.asarray(params["kernel"])
         layer = nn.Linear(*kernel.shape)
         layer.weight.data = torch.from_numpy(kernel.T.copy())
-        layer.bias.data = torch.from_numpy(np.asarray(params["bias"]))
+        layer.bias.data = torch.from_numpy(np.array(params["bias"]))
         return layer
 
     class ResBlock(nn.Module):

@@ -1,13 +1,16 @@
-"""Seconds-scale VQ-GAN on `shapes` for the demo and quick checks (same model as vqgan_shapes.py,
-trained for 400 steps instead of thousands).
+"""Minute-scale VQ-GAN on `shapes` for the demo and quick checks: vqgan_shapes.py's model, trained
+for 800 steps (the PatchGAN on for the last 100, so the demo runs the whole VQ-GAN) instead of
+12,000.
 
     python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_tiny.py --workdir W
     python -m cm3leon_jax.tokenizers.train_all --config experiments/vqgan_tiny.py --workdir W
 
 The second also trains the sentencepiece tokenizer and writes the vocabulary
-(`cm3leon_jax.tokenizers.train_all.train_tokenizers`, the demo's tokenizer stage). Reconstructions
-are blurry but keep every object's colour and place (see `<workdir>/reconstructions.png`); the
-quality targets are vqgan_shapes.py's. Measured figures: docs/BENCHMARKS.md, "VQ-GAN on shapes".
+(`cm3leon_jax.tokenizers.train_all.train_tokenizers`, the demo's tokenizer stage). Measured with
+train_all on the 2-core CPU machine (load 1.4): 91 s wall for both tokenizers and the vocabulary;
+test PSNR 24.0 dB, codebook usage 99.8%, verifier exact-match 5.5% (shapes are blurry blobs in
+the right place and colour, see `<workdir>/tokenizers/reconstructions.png`); 512 text pieces.
+The quality targets are vqgan_shapes.py's.
 """
 
 import ml_collections
@@ -23,12 +26,12 @@ def get_config(arg=None):
         num_res_blocks=1, attention_resolutions=(), mid_attention=True, norm_groups=8,
         codebook_size=512, code_dim=8, codebook_lookup="l2", codebook_update="ema",
         ema_decay=0.99, commitment_cost=0.25, restart_unused_after=20,
-        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=300,
+        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=700,
         discriminator_weight=0.1, discriminator_channels=16, discriminator_layers=2))
     cfg.vqgan_train = ml_collections.ConfigDict(dict(
-        num_steps=400, batch_size=8, learning_rate=2e-3, warmup_steps=50,
+        num_steps=800, batch_size=8, learning_rate=2e-3, warmup_steps=50,
         final_learning_rate_fraction=0.05, adam_b1=0.9, adam_b2=0.99,
-        discriminator_learning_rate=2e-4, log_every=50, image_every=200, checkpoint_every=200,
+        discriminator_learning_rate=2e-4, log_every=50, image_every=400, checkpoint_every=400,
         eval_batch_size=100, seed=0))
     cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
     cfg.vocab = ml_collections.ConfigDict(dict(num_mask_sentinels=16, pad_to_multiple=128))

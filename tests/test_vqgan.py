@@ -100,6 +100,18 @@ def test_restart_revives_dead_codes(update):
     assert len(np.unique(out.codes)) > 1
 
 
+def test_error_weighted_restarts_pick_badly_served_vectors():
+    """restart_sampling='error': revived codes come from vectors far from their code."""
+    vectors = jax.random.normal(jax.random.key(10), (64, 4))
+    errors = jnp.zeros(64).at[17].set(3.0)  # only row 17 is badly served
+    state = {"unused_steps": jnp.full((8,), 9, jnp.int32)}
+    params = {"codebook": jnp.zeros((8, 4))}
+    new_params, _, restarted = quantizer.restart_dead_codes(
+        params, state, "loss", False, vectors, jax.random.key(11, impl="rbg"), 5, errors)
+    assert int(restarted) == 8
+    np.testing.assert_allclose(new_params["codebook"], jnp.tile(vectors[17], (8, 1)))
+
+
 def test_ema_codebook_moves_towards_assigned_vectors():
     module = quantizer.VectorQuantizer(codebook_size=4, code_dim=2, lookup="l2", update="ema",
                                        ema_decay=0.5)
@@ -201,14 +213,20 @@ def test_adaptive_weight_matches_full_backprop():
     def last(grads):
         return grads["decoder"]["conv_out"]["kernel"]
 
-    params = variables["params"]
-    expected = losses.adaptive_weight(last(jax.grad(rec_loss)(params)),
-                                      last(jax.grad(gan_loss)(params)), 1e4)
-    reconstructions, _, features = forward(params)
-    rec_grad = jax.grad(lambda x: losses.reconstruction_loss(x, images, "l2"))(reconstructions)
-    gan_grad = jax.grad(lambda x: losses.generator_adversarial_loss(
-        disc.apply({"params": disc_params}, x)))(reconstructions)
-    got = train_vqgan.adaptive_gan_weight(params, features, rec_grad, gan_grad, 1e4)
+    @jax.jit
+    def both(params):
+        expected = losses.adaptive_weight(last(jax.grad(rec_loss)(params)),
+                                          last(jax.grad(gan_loss)(params)), 1e4)
+        reconstructions, _, features = forward(params)
+        rec_grad = jax.grad(lambda x: losses.reconstruction_loss(x, images, "l2"))(
+            reconstructions)
+        gan_grad = jax.grad(lambda x: losses.generator_adversarial_loss(
+            disc.apply({"params": disc_params}, x)))(reconstructions)
+        return expected, train_vqgan.adaptive_gan_weight(params, features, rec_grad, gan_grad,
+                                                         1e4)
+
+    expected, got = both(variables["params"])
+    assert float(expected) > 0
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
@@ -239,7 +257,7 @@ def _run_config(workdir, num_steps: int) -> ml_collections.ConfigDict:
     # The GAN turns on after step 1, so both compiled step variants run.
     cfg.vqgan = dict(TINY, discriminator_start=1, reconstruction_loss="l2", mid_attention=False,
                      restart_sampling="error")
-    cfg.vqgan_train = dict(num_steps=num_steps, batch_size=8, warmup_steps=1, log_every=1,
+    cfg.vqgan_train = dict(num_steps=num_steps, batch_size=8, warmup_steps=1, log_every=2,
                            image_every=100, checkpoint_every=2, eval_batch_size=8)
     return cfg
 

@@ -313,6 +313,12 @@ def variables_of(state: TrainState) -> dict[str, Any]:
     return variables
 
 
+def mean_metrics(history: list[dict]) -> dict[str, float]:
+    """Per-name means; a window where the GAN turns on mixes steps with and without GAN metrics."""
+    names = sorted({name for metrics in history for name in metrics})
+    return {name: float(np.mean([m[name] for m in history if name in m])) for name in names}
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None = None
           ) -> tuple[TrainState, float]:
     """Trains to `vqgan_train.num_steps` (resuming if possible); returns (state, train seconds).
@@ -364,7 +370,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
         pending.append(metrics)
         report(step)
         if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
-            averaged = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+            averaged = mean_metrics(jax.device_get(pending))
             averaged["learning_rate"] = float(learning_rate_schedule(train_cfg)(step))
             writer.write_scalars(step, averaged)
             pending = []
