@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cm3leon_jax.data import prepare, provenance, shards
-from cm3leon_jax.retrieval import neighbours
+from cm3leon_jax.retrieval import index, neighbours
 
 import tiny_stack
 
@@ -109,9 +109,23 @@ def test_one_and_two_workers_give_identical_shards(tmp_path, vocab_dir):
     assert _shard_bytes(tmp_path / "one", "train") == _shard_bytes(tmp_path / "two", "train")
 
 
+def _index_of(workdir, cfg, ids):
+    """A retrieval index over `ids` (random unit embeddings) where prepare looks for one."""
+    from cm3leon_jax import config
+    vectors = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    bank = index.build(vectors, ids, np.ones(len(ids), bool),
+                       index.IndexParameters(kind="exact", num_neighbours=4),
+                       encoder_model_id="test", encoder_fingerprint="f" * 64,
+                       provenance=[{"source": "shapes", "license": "CC0-1.0"}] * len(ids))
+    bank.save(index.index_dir(config.retrieval_config(cfg), str(workdir)))
+    return vectors
+
+
 def test_removal_drops_document_everywhere_and_keeps_other_shards(tmp_path, vocab_dir):
     cfg = _cfg(vocab_dir=str(vocab_dir), splits=("train",))
     wanted = _neighbour_table(tmp_path, cfg)
+    vectors = _index_of(tmp_path, cfg, sorted(wanted))
     prepare.prepare(cfg, str(tmp_path))
     before = _shard_bytes(tmp_path, "train")
     victim = sorted(wanted)[5]
@@ -130,6 +144,14 @@ def test_removal_drops_document_everywhere_and_keeps_other_shards(tmp_path, voca
     assert figures["excluded"] == {provenance.EXCLUDED_REMOVED: 1}
     card = provenance.read_card(str(tmp_path))
     assert card["removals"][0]["count"] == 1 and card["removals"][0]["rebuilt"]
+    assert card["removals"][0]["index_rows_removed"] == 1
+    # The index no longer holds it either: not even a query that is its own embedding finds it.
+    from cm3leon_jax import config
+    bank = index.RetrievalIndex.load(index.index_dir(config.retrieval_config(cfg), str(tmp_path)))
+    assert victim not in bank.document_ids and len(bank) == len(wanted) - 1
+    assert bank.manifest["excluded"] == {provenance.EXCLUDED_REMOVED: 1}
+    rows, _ = bank.search(vectors[sorted(wanted).index(victim)][None], 4)
+    assert victim not in [bank.document_ids[r] for r in rows[0]]
 
 
 def test_licence_policy_excludes_and_counts(tmp_path, vocab_dir):

@@ -115,3 +115,35 @@ def test_neighbours_in_batches_never_return_the_query(tmp_path, clustered):
     np.testing.assert_array_equal(loaded.neighbours, rows)
     assert loaded.document_ids == built.document_ids and loaded.info == {"k": 2}
     assert loaded.neighbour_ids(0) == [f"doc/{r}" for r in rows[0] if r >= 0]
+
+
+@pytest.mark.parametrize("kind", ["exact", "scann"])
+def test_filtered_index_never_returns_refused_documents(tmp_path, clustered, kind):
+    """Licence policy and removals applied to the bank: refused rows are gone from every search,
+    the searcher is rebuilt over the rest, and provenance survives save/load."""
+    from cm3leon_jax.data import provenance
+    bank, queries = clustered
+    bank = bank[:3000]
+    ids = [f"doc/{i}" for i in range(len(bank))]
+    origins = [{"source": f"site/{i % 7}", "license": "CC-BY-4.0" if i % 5 else "proprietary"}
+               for i in range(len(bank))]
+    params = (index.scann_parameters(len(bank), 10) if kind == "scann"
+              else index.IndexParameters(kind="exact", num_neighbours=10))
+    built = index.build(bank, ids, np.ones(len(bank), bool), params, encoder_model_id="e",
+                        encoder_fingerprint="f" * 64, provenance=origins)
+    policy = provenance.Policy(allowed_licenses=frozenset({"CC-BY-4.0"}),
+                               removed=frozenset({"doc/1", "site/3"}))
+    kept, excluded = built.filtered(policy.verdict, policy.describe())
+    refused = {i for i, o in zip(ids, origins)
+               if o["license"] != "CC-BY-4.0" or i == "doc/1" or o["source"] == "site/3"}
+    assert sum(excluded.values()) == len(refused) and len(kept) == len(bank) - len(refused)
+    assert excluded[provenance.EXCLUDED_REMOVED] > 0 and excluded[provenance.EXCLUDED_LICENSE] > 0
+    # Queries aimed exactly at refused documents never get them back.
+    targets = np.asarray([ids.index(i) for i in sorted(refused)[:200]])
+    rows, _ = kept.search(bank[targets], 10)
+    found = {kept.document_ids[r] for r in rows.ravel() if r >= 0}
+    assert not found & refused and found
+    reloaded = index.RetrievalIndex.load(kept.save(tmp_path / "bank"))
+    assert reloaded.manifest["excluded"] == dict(excluded)
+    assert reloaded.provenance == [o for i, o in zip(ids, origins) if i not in refused]
+    assert kept.filtered(policy.verdict, policy.describe())[0] is kept  # nothing left to drop

@@ -76,3 +76,31 @@ def test_index_and_neighbours_of_every_training_document(trained):
     with pytest.raises(index.IndexMismatch):
         index.RetrievalIndex.load(pathlib.Path(workdir) / "retrieval_index",
                                   encoder_fingerprint="0" * 64)
+
+
+def test_the_bank_obeys_the_data_policy_and_removals(trained, tmp_path):
+    """build_index leaves out what the licence policy or a recorded removal refuses; generation
+    refuses an index that still holds a removed document."""
+    import json
+    import shutil
+    from cm3leon_jax.data import provenance
+    cfg, workdir, _ = trained
+    copy = str(tmp_path / "w")
+    shutil.copytree(workdir, copy)
+    bank = index.RetrievalIndex.load(pathlib.Path(copy) / "retrieval_index")
+    assert bank.provenance[0]["license"] == "CC0-1.0"
+    victim = bank.document_ids[3]
+    removed = pathlib.Path(copy) / "prepared" / provenance.REMOVALS_FILE
+    removed.parent.mkdir()
+    removed.write_text(json.dumps({"ids": [victim], "log": []}))
+    with pytest.raises(index.IndexMismatch, match="still holds 1 documents"):
+        retriever.Retriever.from_config(cfg, copy)
+    summary = build_index.build(cfg, copy)
+    assert summary["documents"] == 95
+    assert summary["excluded_by_policy"] == {provenance.EXCLUDED_REMOVED: 1}
+    online = retriever.Retriever.from_config(cfg, copy)
+    assert victim not in online.bank.document_ids
+    refusing = cfg.copy_and_resolve_references()
+    refusing.data.allowed_licenses = ("CC-BY-4.0",)
+    with pytest.raises(ValueError, match="refuses every one of the 96"):
+        build_index.build(refusing, copy)

@@ -260,6 +260,28 @@ def neighbour_tables(cfg: ml_collections.ConfigDict, prepare: config.PrepareConf
     return tables
 
 
+def filter_retrieval_index(cfg: ml_collections.ConfigDict, prepare: config.PrepareConfig,
+                           workdir: str, policy: provenance.Policy) -> dict[str, int]:
+    """Drops from the retrieval index (if there is one) every document the policy now refuses, so
+    a removed document can no longer be retrieved at generation time either. Returns the rows
+    dropped by reason; the neighbour tables need no change: the join never attaches a refused
+    neighbour, and shards holding one are rebuilt (`shards_to_build`)."""
+    if prepare.retrieval == "off" or "retrieval" not in cfg:
+        return {}
+    from cm3leon_jax.retrieval import index  # noqa: PLC0415 - only when retrieval is on
+
+    directory = index.index_dir(config.retrieval_config(cfg), workdir)
+    if not (directory / index.MANIFEST).exists():
+        return {}
+    bank = index.RetrievalIndex.load(directory)
+    kept, excluded = bank.filtered(policy.verdict, policy.describe())
+    if kept is not bank:
+        kept.save(directory)
+        print(f"[prepare] retrieval index: dropped {sum(excluded.values())} of {len(bank)} "
+              f"documents ({dict(excluded)}), {len(kept)} remain; rebuilt {directory}")
+    return dict(excluded)
+
+
 def shards_to_build(directory: epath.Path, num_shards: int, removed: frozenset[str],
                     neighbours: dict[str, list[str]]) -> list[int]:
     """Shards that are missing, corrupt, or hold a removed document or one that retrieved it."""
@@ -278,10 +300,8 @@ def shards_to_build(directory: epath.Path, num_shards: int, removed: frozenset[s
 
 def load_removals(out: epath.Path, remove_file: Optional[str]) -> tuple[frozenset[str], list[dict]]:
     """All removals so far (persisted in prepared/removed.json) plus the new list."""
-    path = out / "removed.json"
-    state = json.loads(path.read_text()) if path.exists() else {"ids": [], "log": []}
-    ids = set(state["ids"])
-    log = list(state["log"])
+    recorded, log = provenance.recorded_removals(out)
+    ids = set(recorded)
     if remove_file:
         new = provenance.read_removals(remove_file) - ids
         ids |= new
@@ -314,6 +334,9 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
     for split in prep.splits:
         shards.split_dir(out, split).mkdir(parents=True, exist_ok=True)
     building = {split: shard_list for split, shard_list in todo.items() if shard_list}
+    index_excluded = filter_retrieval_index(cfg, prep, workdir, policy)
+    if removal_log and remove_file:
+        removal_log[-1]["index_rows_removed"] = sum(index_excluded.values())
     if building:
         if removal_log and remove_file:
             removal_log[-1]["rebuilt"] = {s: [shards.shard_name(i, prep.num_shards) for i in v]
@@ -323,8 +346,8 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
         print("[prepare] every shard is finished and unaffected: nothing to rebuild")
     manifest = write_manifest(out, prep, policy, str(vocab_path))
     card = write_data_card(workdir, data, prep, policy, manifest, str(vocab_path), removal_log)
-    (out / "removed.json").write_text(json.dumps({"ids": sorted(removed), "log": removal_log},
-                                                 indent=1))
+    (out / provenance.REMOVALS_FILE).write_text(
+        json.dumps({"ids": sorted(removed), "log": removal_log}, indent=1))
     seconds = time.perf_counter() - start
     figures = summary(card, building, prep, seconds)
     results.write_metrics(workdir, STAGE, figures)

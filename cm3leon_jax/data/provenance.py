@@ -23,6 +23,8 @@ UNKNOWN = "unknown"
 EXCLUDED_LICENSE = "licence not allowed"
 EXCLUDED_UNKNOWN = "licence unknown"
 EXCLUDED_REMOVED = "removal request"
+# Every removal so far, kept by `prepare` in <workdir>/prepared/: {"ids": [...], "log": [...]}.
+REMOVALS_FILE = "removed.json"
 
 
 def read_removals(path: str) -> frozenset[str]:
@@ -34,6 +36,13 @@ def read_removals(path: str) -> frozenset[str]:
     return frozenset(line for line in lines if line)
 
 
+def recorded_removals(prepared_dir: str | epath.Path) -> tuple[frozenset[str], list[dict]]:
+    """The removal requests `prepare` has applied so far (ids or source URIs) and their log."""
+    path = epath.Path(prepared_dir) / REMOVALS_FILE
+    state = json.loads(path.read_text()) if path.exists() else {"ids": [], "log": []}
+    return frozenset(state["ids"]), list(state["log"])
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     allowed_licenses: frozenset[str] = frozenset()
@@ -43,6 +52,11 @@ class Policy:
     @classmethod
     def from_config(cls, data: DataConfig, removed: Iterable[str] = ()) -> "Policy":
         return cls(frozenset(data.allowed_licenses), data.require_license, frozenset(removed))
+
+    @classmethod
+    def of_workdir(cls, data: DataConfig, workdir: str) -> "Policy":
+        """The config's licence policy plus every removal recorded in <workdir>/prepared."""
+        return cls.from_config(data, recorded_removals(epath.Path(workdir) / "prepared")[0])
 
     def verdict(self, doc: Mapping[str, str]) -> Optional[str]:
         """None if the document may be used, else the exclusion reason."""

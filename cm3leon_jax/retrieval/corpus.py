@@ -29,6 +29,7 @@ class EmbeddedCorpus:
     document_ids: list[str]
     embeddings: np.ndarray  # float32 [N, D] unit vectors
     multimodal: np.ndarray  # bool [N]
+    provenance: list[dict]  # each document's {"source", "license"} (empty when unknown)
 
     def __len__(self) -> int:
         return len(self.document_ids)
@@ -40,11 +41,13 @@ def split_size(data: DataConfig, workdir: str, split: str) -> int:
 
 def tokenized(data: DataConfig, workdir: str, split: str, text_max_length: int) -> tf.data.Dataset:
     """Examples as dicts: "id", "token_ids" int32 [L], "image" uint8 [S, S, 3], "has_text",
-    "has_image"."""
+    "has_image", "source", "license"."""
 
     def convert(example):
         return {
             "id": example["id"],
+            "source": example.get("source", tf.constant("")),
+            "license": example.get("license", tf.constant("")),
             "token_ids": byte_tokenizer.tf_encode(example["caption"], text_max_length),
             "image": example["image"],
             "has_text": tf.strings.length(example["caption"]) > 0,
@@ -56,10 +59,12 @@ def tokenized(data: DataConfig, workdir: str, split: str, text_max_length: int) 
 
 def batches(data: DataConfig, workdir: str, split: str, text_max_length: int, batch_size: int
             ) -> Iterator[dict]:
-    """Numpy batches of `tokenized` in split order (the last one may be smaller); ids as str."""
+    """Numpy batches of `tokenized` in split order (the last one may be smaller); ids, sources
+    and licences as str."""
     dataset = tokenized(data, workdir, split, text_max_length).batch(batch_size)
     for batch in tfds.as_numpy(dataset.prefetch(2)):
-        batch["id"] = [i.decode("utf-8") for i in batch["id"]]
+        for key in ("id", "source", "license"):
+            batch[key] = [value.decode("utf-8") for value in batch[key]]
         yield batch
 
 
@@ -92,12 +97,14 @@ def embed_split(biencoder: BiEncoder, data: DataConfig, workdir: str, split: str
     total = split_size(data, workdir, split)
     progress = Progress(what or f"embedding {split} documents", total=total, unit="documents")
     ids: list[str] = []
-    embeddings, multimodal = [], []
+    embeddings, multimodal, origins = [], [], []
     for batch in batches(data, workdir, split, biencoder.arch.text_max_length, batch_size):
         rows = np.arange(len(ids), len(ids) + len(batch["id"]))
         embeddings.append(embed_batch(biencoder, batch, rows, query_dropout, dropout_seed))
         multimodal.append(batch["has_text"] & batch["has_image"])
         ids.extend(batch["id"])
+        origins.extend({"source": source, "license": license_}
+                       for source, license_ in zip(batch["source"], batch["license"]))
         progress.update(len(batch["id"]))
     return EmbeddedCorpus(ids, np.concatenate(embeddings).astype(np.float32),
-                          np.concatenate(multimodal))
+                          np.concatenate(multimodal), origins)

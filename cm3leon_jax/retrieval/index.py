@@ -18,6 +18,9 @@ On disk (`save` / `load`) an index is a directory:
     embeddings.npy     float32 [N, D] unit vectors (also what the rules' diversity test reads)
     multimodal.npy     bool [N]: document has both an image and a text
     document_ids.json  the N document ids, row order
+    provenance.json    each row's {"source", "license"}: the licence policy and removal requests
+                       are applied to the bank itself (`filtered`), so a refused or removed
+                       document is never a neighbour, in training or at generation time
     scann/             ScaNN's own serialisation (relative paths: the directory can move)
 
 The corpus fingerprint is sha256 over the document ids and the embeddings' bytes. `load` recomputes
@@ -28,6 +31,7 @@ with an `IndexMismatch` saying what differs and how to rebuild.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -35,7 +39,7 @@ import json
 import math
 import shutil
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from etils import epath
 import jax
@@ -44,11 +48,12 @@ import numpy as np
 
 from cm3leon_jax.config import RetrievalConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: provenance.json, policy and exclusions in the manifest
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 MULTIMODAL = "multimodal.npy"
 DOCUMENT_IDS = "document_ids.json"
+PROVENANCE = "provenance.json"
 SCANN_SUBDIR = "scann"
 REBUILD_HINT = ("rebuild it: python -m cm3leon_jax.retrieval.build_index --config <config> "
                 "--workdir <workdir>")
@@ -223,15 +228,30 @@ def corpus_fingerprint(document_ids: Sequence[str], embeddings: np.ndarray) -> s
     return digest.hexdigest()
 
 
+def refused_rows(document_ids: Sequence[str], provenance: Sequence[dict],
+                 verdict: Callable[[dict], Optional[str]]) -> dict[int, str]:
+    """row -> reason for every document `verdict({"id", "source", "license"})` refuses
+    (`provenance.Policy.verdict`: licences and removal requests)."""
+    refused = {}
+    for row, (doc_id, origin) in enumerate(zip(document_ids, provenance)):
+        reason = verdict({"id": doc_id, **origin})
+        if reason is not None:
+            refused[row] = reason
+    return refused
+
+
 class RetrievalIndex:
     """Document embeddings, ids and modality flags with a searcher over them."""
 
     def __init__(self, embeddings: np.ndarray, document_ids: Sequence[str],
                  multimodal: np.ndarray, params: IndexParameters, manifest: dict[str, Any],
-                 searcher=None, search_batch_size: int = 1024):
+                 searcher=None, search_batch_size: int = 1024,
+                 provenance: Optional[Sequence[dict]] = None):
         self.embeddings = np.ascontiguousarray(embeddings, np.float32)
         self.document_ids = list(document_ids)
         self.multimodal = np.asarray(multimodal, bool)
+        self.provenance = [dict(p) for p in provenance] if provenance is not None else \
+            [{"source": "", "license": ""} for _ in self.document_ids]
         self.params = params
         self.manifest = manifest
         self.search_batch_size = search_batch_size
@@ -278,6 +298,7 @@ class RetrievalIndex:
         np.save(staging / EMBEDDINGS, self.embeddings)
         np.save(staging / MULTIMODAL, self.multimodal)
         (staging / DOCUMENT_IDS).write_text(json.dumps(self.document_ids))
+        (staging / PROVENANCE).write_text(json.dumps(self.provenance))
         if self.params.kind == "scann":
             (staging / SCANN_SUBDIR).mkdir()
             self._scann.serialize(str(staging / SCANN_SUBDIR), relative_path=True)
@@ -337,13 +358,42 @@ class RetrievalIndex:
             from scann.scann_ops.py import scann_ops_pybind
             searcher = scann_ops_pybind.load_searcher(str(directory / SCANN_SUBDIR))
         return cls(embeddings, ids, np.load(directory / MULTIMODAL), params, manifest, searcher,
-                   search_batch_size)
+                   search_batch_size, json.loads((directory / PROVENANCE).read_text()))
+
+    def filtered(self, verdict: Callable[[dict], Optional[str]], policy_description: dict
+                 ) -> tuple["RetrievalIndex", collections.Counter]:
+        """This index without the documents `verdict` refuses (a licence policy, removals), and
+        the count of dropped rows by reason. The searcher is rebuilt over the kept embeddings (no
+        re-embedding); with nothing to drop, the index itself is returned."""
+        refused = refused_rows(self.document_ids, self.provenance, verdict)
+        excluded = collections.Counter(refused.values())
+        if not refused:
+            return self, excluded
+        keep = np.asarray([row not in refused for row in range(len(self))])
+        if not keep.any():
+            raise ValueError(f"the policy {policy_description} refuses every one of the "
+                             f"{len(self)} documents in the retrieval index")
+        total = collections.Counter(self.manifest.get("excluded", {})) + excluded
+        kept = build(self.embeddings[keep], [i for i, k in zip(self.document_ids, keep) if k],
+                     self.multimodal[keep], self.params,
+                     encoder_model_id=self.manifest["encoder"]["model_id"],
+                     encoder_fingerprint=self.manifest["encoder"]["fingerprint"],
+                     search_batch_size=self.search_batch_size,
+                     provenance=[p for p, k in zip(self.provenance, keep) if k],
+                     policy_description=policy_description, excluded=dict(total))
+        return kept, excluded
 
 
 def build(embeddings: np.ndarray, document_ids: Sequence[str], multimodal: np.ndarray,
           params: IndexParameters, *, encoder_model_id: str, encoder_fingerprint: str,
-          search_batch_size: int = 1024) -> RetrievalIndex:
-    """An index over `embeddings` (float32 [N, D] unit vectors, row i = document_ids[i])."""
+          search_batch_size: int = 1024, provenance: Optional[Sequence[dict]] = None,
+          policy_description: Optional[dict] = None, excluded: Optional[dict] = None
+          ) -> RetrievalIndex:
+    """An index over `embeddings` (float32 [N, D] unit vectors, row i = document_ids[i]).
+
+    provenance: each row's {"source", "license"}; policy_description / excluded: the policy the
+    bank was filtered by and the documents it left out, by reason (recorded in the manifest).
+    """
     embeddings = np.ascontiguousarray(embeddings, np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(document_ids):
         raise ValueError(f"embeddings {embeddings.shape} do not match {len(document_ids)} ids")
@@ -351,6 +401,8 @@ def build(embeddings: np.ndarray, document_ids: Sequence[str], multimodal: np.nd
         raise ValueError("document ids must be unique (rows are looked up by id)")
     if len(multimodal) != len(document_ids):
         raise ValueError(f"{len(multimodal)} modality flags for {len(document_ids)} documents")
+    if provenance is not None and len(provenance) != len(document_ids):
+        raise ValueError(f"{len(provenance)} provenance entries for {len(document_ids)} documents")
     start = time.perf_counter()
     searcher = build_scann(embeddings, params) if params.kind == "scann" else None
     manifest = {
@@ -362,7 +414,10 @@ def build(embeddings: np.ndarray, document_ids: Sequence[str], multimodal: np.nd
                    "fingerprint": corpus_fingerprint(document_ids, embeddings),
                    "document_ids_fingerprint": document_ids_fingerprint(document_ids),
                    "multimodal": int(np.sum(multimodal))},
+        "policy": policy_description or {"allowed_licenses": "any", "require_license": False,
+                                         "removed_count": 0},
+        "excluded": dict(excluded or {}),
         "build_seconds": round(time.perf_counter() - start, 3),
     }
     return RetrievalIndex(embeddings, document_ids, multimodal, params, manifest, searcher,
-                          search_batch_size)
+                          search_batch_size, provenance)

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config
+from cm3leon_jax.data import provenance
 from cm3leon_jax.retrieval import byte_tokenizer, corpus, encoder, index, neighbours, rules
 
 
@@ -65,6 +66,14 @@ class Retriever:
         bank = index.RetrievalIndex.load(index.index_dir(retrieval, workdir),
                                          encoder_fingerprint=biencoder.fingerprint,
                                          search_batch_size=retrieval.search_batch_size)
+        policy = provenance.Policy.of_workdir(config.data_config(cfg), workdir)
+        refused = index.refused_rows(bank.document_ids, bank.provenance, policy.verdict)
+        if refused:
+            raise index.IndexMismatch(
+                f"the retrieval index in {workdir} still holds {len(refused)} documents the data "
+                f"policy refuses ({sorted(set(refused.values()))}), which generation must never "
+                "retrieve; run `python -m cm3leon_jax.data.prepare` again (it drops them from the "
+                "index), or " + index.REBUILD_HINT)
         return cls(biencoder, bank, rules.Rules.from_config(retrieval), retrieval.num_candidates)
 
     def retrieve(self, texts: Optional[Sequence[str]] = None,
