@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma list searched at query time (default: around the derived one)")
     parser.add_argument("--sweep_reorder", default="", help="comma list (default: around derived)")
     parser.add_argument("--scann_batch_size", type=int, default=256)
+    parser.add_argument("--num_shards", default="4",
+                        help="comma list: the bank as S ScaNN trees searched apart and merged "
+                             "(index.ShardedScann), compared with one tree; empty: skip")
     parser.add_argument("--target_recall", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(RESULTS))
@@ -178,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
                     f"{row['queries_per_second']:8.0f} queries/s, "
                     f"{row['speedup_vs_exact']:5.1f}x exact")
         del scann
+    sharded = sharded_search(args, bank, queries, truth, exact_qps, library_default)
     good = [r for r in rows if r[f"recall@{args.k}"] >= args.target_recall]
     chosen = max(good, key=lambda r: r["queries_per_second"]) if good else \
         max(rows, key=lambda r: r[f"recall@{args.k}"])
@@ -201,7 +205,40 @@ def run(args: argparse.Namespace) -> dict:
         "scann": {"builds": builds, "search_batch_size": args.scann_batch_size, "sweep": rows},
         "chosen": {**chosen, "meets_target_recall": chosen[f"recall@{args.k}"] >= args.target_recall},
         "library_default": library_default,
+        "sharded": sharded,
     }
+
+
+def sharded_search(args, bank, queries, truth, exact_qps, one_tree) -> list[dict]:
+    """Recall@k and speed of the bank split into S trees (derived parameters per shard) next to
+    the one tree with derived parameters (`one_tree`, the sweep's library-default row)."""
+    results = []
+    for num_shards in ints(args.num_shards):
+        params = index.scann_parameters(
+            args.num_points, args.k, training_sample_size=args.training_sample_size,
+            ah_training_sample_size=args.ah_training_sample_size,
+            dims_per_block=args.dims_per_block, anisotropic_threshold=args.anisotropic_threshold,
+            reorder=args.reorder, num_shards=num_shards)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        searcher = index.ShardedScann.build(bank, params)
+        build_seconds, build_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        searcher.search(queries[:256], args.k, params, args.scann_batch_size)
+        start = time.perf_counter()
+        found, _ = searcher.search(queries, args.k, params, args.scann_batch_size)
+        seconds = time.perf_counter() - start
+        row = {"num_shards": num_shards, "parameters_per_shard": dataclasses.asdict(params),
+               "build_seconds": round(build_seconds, 1), "build_cpu_seconds": round(build_cpu, 1),
+               f"recall@{args.k}": round(recall(found, truth), 4),
+               "queries_per_second": round(len(queries) / seconds, 1),
+               "speedup_vs_exact": round(len(queries) / seconds / exact_qps, 1)}
+        if one_tree is not None:
+            row[f"recall@{args.k}_minus_one_tree"] = round(
+                row[f"recall@{args.k}"] - one_tree[f"recall@{args.k}"], 4)
+            row["within_0.01_of_one_tree"] = row[f"recall@{args.k}_minus_one_tree"] >= -0.01
+        results.append(row)
+        print(f"ScaNN, {num_shards} shards: {row}", flush=True)
+        del searcher
+    return results
 
 
 def main(argv=None) -> None:

@@ -272,7 +272,12 @@ MODEL_PRESETS = ("cm3leon", "chameleon")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+# What the Pallas splash kernel (`models/attention.py`) tiles: sequences in blocks of a multiple of
+# 128 tokens (the TPU's vector lane width), heads of a multiple of 64 wide (narrower heads are
+# padded to a lane inside the kernel; 64 and multiples of 128 are the widths it is used with).
+SPLASH_SEQ_MULTIPLE = 128
+SPLASH_HEAD_DIM_MULTIPLE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +307,11 @@ class ModelConfig(Section):
       compile time independent of depth) instead of a Python loop of separately named blocks.
     z_loss: weight of the auxiliary z-loss, z_loss * log(Z)^2 per token (Chameleon uses 1e-5).
     attention: implementation of the attention function (`models/attention.py`): `xla` (einsum +
-      masked float32 softmax, runs anywhere) or `cudnn` (fused kernel, NVIDIA GPUs only).
+      masked float32 softmax, runs anywhere), `cudnn` (cuDNN's fused flash kernel, NVIDIA GPUs,
+      float16/bfloat16), `splash` (the Pallas splash kernel: TPU, or CPU in interpret mode for
+      tests; head_dim a multiple of 64, training sequences a multiple of 128) or `auto` (splash on
+      TPU, cudnn on GPU in 16-bit compute, xla otherwise and wherever the kernel's shape rules do
+      not hold). Decode steps with a KV cache always run the xla path.
     swin_norm: Chameleon's norm reordering: normalise each sub-block's output before the residual
       add instead of its input.
     qk_norm: LayerNorm over each head's queries and keys (per-head weight and bias) before RoPE.
@@ -376,6 +385,11 @@ class ModelConfig(Section):
         require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
         require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
         require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
+        if self.attention == "splash" and self.resolved_head_dim % SPLASH_HEAD_DIM_MULTIPLE:
+            fail(f"{prefix}.attention", self.attention,
+                 f"the splash kernel tiles heads of a multiple of {SPLASH_HEAD_DIM_MULTIPLE} "
+                 f"wide, and head_dim resolves to {self.resolved_head_dim}; change "
+                 f"{prefix}.head_dim (or d_model / num_heads), or use 'xla' or 'auto'")
         require_positive(f"{prefix}.z_loss", self.z_loss, allow_zero=True)
         require_positive(f"{prefix}.rope_theta", self.rope_theta)
         require_positive(f"{prefix}.norm_eps", self.norm_eps)
@@ -729,6 +743,8 @@ class RetrievalConfig(Section):
     index_anisotropic_threshold: 0 = plain (isotropic) asymmetric hashing; > 0, e.g. 0.2, turns on
       ScaNN's anisotropic quantisation, which nearly doubled the build at 1M documents for no recall
       gain once the best candidates are re-scored exactly (docs/BENCHMARKS.md, Retrieval).
+    index_shards: ScaNN trees over contiguous ranges of the bank, each searched alone and the
+      answers merged by exact score, so no one searcher (or host) needs the whole bank.
     search_batch_size: queries per batched search call.
     index_dir: where the index is saved; empty means `<workdir>/retrieval_index`.
 
@@ -764,6 +780,7 @@ class RetrievalConfig(Section):
     index_ah_training_sample_size: int = 0
     index_anisotropic_threshold: float = 0.0
     index_reorder: int = 0
+    index_shards: int = 1
     search_batch_size: int = 1024
     index_dir: str = ""
 
@@ -813,6 +830,7 @@ class RetrievalConfig(Section):
             fail(f"{prefix}.index_reorder", self.index_reorder,
                  f"must be 0 (derived) or >= config.{prefix}.num_candidates={self.num_candidates}")
         require_range(f"{prefix}.index_dims_per_block", self.index_dims_per_block, 1, 8)
+        require_positive(f"{prefix}.index_shards", self.index_shards)
         if not 0.0 <= self.index_anisotropic_threshold < 1.0:
             fail(f"{prefix}.index_anisotropic_threshold", self.index_anisotropic_threshold,
                  "must be in [0, 1) (0: isotropic asymmetric hashing)")

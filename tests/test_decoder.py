@@ -382,7 +382,7 @@ def _mesh(**fields):
     ({"param_dtype": "float16"}, r"config.model.param_dtype='float16': must be one of"),
     ({"remat": "some"}, r"config.model.remat='some': must be one of 'none', 'full', "
                         r"'dots_saveable'"),
-    ({"attention": "flash"}, r"config.model.attention='flash': must be one of 'xla', 'cudnn'"),
+    ({"attention": "flash"}, r"config.model.attention='flash': must be one of 'auto', 'xla', 'cudnn', 'splash'"),
     ({"preset": "chameleon", "d_model": 12, "num_heads": 4},
      r"config.model.head_dim=0: RoPE needs an even head width, and it resolves to 3"),
     ({"z_loss": -1.0}, r"config.model.z_loss=-1.0: must be non-negative"),

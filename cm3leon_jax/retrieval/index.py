@@ -21,7 +21,9 @@ On disk (`save` / `load`) an index is a directory:
     provenance.json    each row's {"source", "license"}: the licence policy and removal requests
                        are applied to the bank itself (`filtered`), so a refused or removed
                        document is never a neighbour, in training or at generation time
-    scann/             ScaNN's own serialisation (relative paths: the directory can move)
+    scann/shard_<s>/   ScaNN's own serialisation of each shard's tree (relative paths: the
+                       directory can move); `config.retrieval.index_shards` trees over contiguous
+                       row ranges, searched apart and merged (`ShardedScann`)
 
 The corpus fingerprint is sha256 over the document ids and the embeddings' bytes. `load` recomputes
 it from the files (a half-written or edited index is refused) and refuses an index built by another
@@ -32,6 +34,7 @@ with an `IndexMismatch` saying what differs and how to rebuild.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -80,13 +83,16 @@ class IndexParameters:
     ah_training_sample_size: int = 0
     anisotropic_threshold: float = 0.0  # 0: isotropic asymmetric hashing
     reorder: int = 0
+    num_shards: int = 1  # ScaNN trees over contiguous row ranges, searched apart and merged
 
 
 def scann_parameters(corpus_size: int, num_neighbours: int, *, num_leaves: int = 0,
                      leaves_to_search: int = 0, training_sample_size: int = 0,
                      ah_training_sample_size: int = 0, dims_per_block: int = 2,
-                     anisotropic_threshold: float = 0.0, reorder: int = 0) -> IndexParameters:
-    """ScaNN sizes for a corpus; each argument left at 0 is derived from `corpus_size`:
+                     anisotropic_threshold: float = 0.0, reorder: int = 0,
+                     num_shards: int = 1) -> IndexParameters:
+    """ScaNN sizes for a corpus; each argument left at 0 is derived from the size of one shard
+    (`corpus_size / num_shards` rows: every shard is its own tree, see `ShardedScann`):
 
     num_leaves = sqrt(N) (ScaNN's rule of thumb; 2 sqrt(N) lost recall in the benchmark), a k-means
     training sample of min(N, max(100 x leaves, 100k)) (50 points per leaf left leaves so poorly
@@ -99,8 +105,12 @@ def scann_parameters(corpus_size: int, num_neighbours: int, *, num_leaves: int =
     few leaves and re-score enough. Corpora less clustered than that benchmark may need more leaves
     searched: raise `config.retrieval.index_leaves_to_search`.
     """
-    if corpus_size < 2:
-        raise ValueError(f"a ScaNN tree needs at least 2 documents, got {corpus_size}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if corpus_size < 2 * num_shards:
+        raise ValueError(f"{num_shards} ScaNN trees need at least 2 documents each, got "
+                         f"{corpus_size} documents")
+    corpus_size = math.ceil(corpus_size / num_shards)
     leaves = num_leaves or max(2, round(math.sqrt(corpus_size)))
     leaves = min(leaves, corpus_size)
     to_search = leaves_to_search or max(8, round(leaves / 80))
@@ -110,7 +120,7 @@ def scann_parameters(corpus_size: int, num_neighbours: int, *, num_leaves: int =
         leaves_to_search=min(to_search, leaves), training_sample_size=min(sample, corpus_size),
         ah_training_sample_size=min(ah_training_sample_size or 30_000, corpus_size),
         dims_per_block=dims_per_block, anisotropic_threshold=anisotropic_threshold,
-        reorder=reorder or max(100, 2 * num_neighbours))
+        reorder=reorder or max(100, 2 * num_neighbours), num_shards=num_shards)
 
 
 def parameters_for(retrieval: RetrievalConfig, corpus_size: int) -> IndexParameters:
@@ -124,7 +134,7 @@ def parameters_for(retrieval: RetrievalConfig, corpus_size: int) -> IndexParamet
         ah_training_sample_size=retrieval.index_ah_training_sample_size,
         dims_per_block=retrieval.index_dims_per_block,
         anisotropic_threshold=retrieval.index_anisotropic_threshold,
-        reorder=retrieval.index_reorder)
+        reorder=retrieval.index_reorder, num_shards=retrieval.index_shards)
 
 
 def index_dir(retrieval: RetrievalConfig, workdir: str) -> epath.Path:
@@ -208,6 +218,75 @@ def scann_search(searcher, queries: np.ndarray, num_neighbours: int, params: Ind
     return rows.astype(np.int32), scores
 
 
+def shard_bounds(corpus_size: int, num_shards: int) -> np.ndarray:
+    """int64 [S + 1]: shard s holds bank rows bounds[s] .. bounds[s + 1] - 1 (sizes differ by <= 1)."""
+    return np.linspace(0, corpus_size, num_shards + 1).round().astype(np.int64)
+
+
+def merge_top_k(rows: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of several searches' (rows int [Q, m], scores float [Q, m]), best first.
+
+    Correct because every shard's scores are exact dot products (ScaNN re-scores its candidates
+    exactly before returning them), so scores from different shards compare directly."""
+    all_rows = np.concatenate(rows, axis=1)
+    all_scores = np.concatenate(scores, axis=1)
+    order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+    return (np.take_along_axis(all_rows, order, axis=1).astype(np.int32),
+            np.take_along_axis(all_scores, order, axis=1))
+
+
+class ShardedScann:
+    """The memory bank as S ScaNN trees over contiguous row ranges, each searched on its own and
+    the per-shard top-k merged by score.
+
+    A shard is a self-contained searcher (built, saved and loaded alone, `scann/shard_<s>/`), so
+    at a scale where no machine holds the bank, each host serves some shards and the caller merges
+    their answers with `merge_top_k`; in one process the shards are searched by a thread pool
+    (ScaNN releases the GIL during search). With S = 1 this is exactly one ScaNN tree."""
+
+    def __init__(self, searchers: Sequence, bounds: np.ndarray):
+        if len(searchers) + 1 != len(bounds):
+            raise ValueError(f"{len(searchers)} searchers for {len(bounds) - 1} shards")
+        self.searchers, self.bounds = list(searchers), np.asarray(bounds)
+
+    @classmethod
+    def build(cls, bank: np.ndarray, params: IndexParameters) -> "ShardedScann":
+        bounds = shard_bounds(len(bank), params.num_shards)
+        return cls([build_scann(bank[start:stop], params)
+                    for start, stop in zip(bounds[:-1], bounds[1:])], bounds)
+
+    def search(self, queries: np.ndarray, num_neighbours: int, params: IndexParameters,
+               batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        def one(shard: int):
+            rows, scores = scann_search(self.searchers[shard], queries, num_neighbours, params,
+                                        batch_size)
+            return np.where(rows >= 0, rows + self.bounds[shard], -1), scores
+
+        if len(self.searchers) == 1:
+            return one(0)
+        with concurrent.futures.ThreadPoolExecutor(len(self.searchers)) as pool:
+            answers = list(pool.map(one, range(len(self.searchers))))
+        return merge_top_k([r for r, _ in answers], [s for _, s in answers], num_neighbours)
+
+    @staticmethod
+    def shard_dir(directory: epath.Path, shard: int) -> epath.Path:
+        return directory / f"shard_{shard:05d}"
+
+    def serialize(self, directory: epath.Path) -> None:
+        for shard, searcher in enumerate(self.searchers):
+            path = self.shard_dir(directory, shard)
+            path.mkdir(parents=True)
+            searcher.serialize(str(path), relative_path=True)
+
+    @classmethod
+    def load(cls, directory: epath.Path, corpus_size: int, num_shards: int) -> "ShardedScann":
+        from scann.scann_ops.py import scann_ops_pybind
+
+        return cls([scann_ops_pybind.load_searcher(str(cls.shard_dir(directory, shard)))
+                    for shard in range(num_shards)], shard_bounds(corpus_size, num_shards))
+
+
 # --------------------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------------------
@@ -280,8 +359,8 @@ class RetrievalIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be [n, {self.dim}], got {queries.shape}")
         if self.params.kind == "scann":
-            return scann_search(self._scann, queries, num_neighbours, self.params,
-                                self.search_batch_size)
+            return self._scann.search(queries, num_neighbours, self.params,
+                                      self.search_batch_size)
         if self._exact is None:
             self._exact = ExactSearcher(self.embeddings, self.search_batch_size)
         return self._exact.search(queries, num_neighbours)
@@ -300,8 +379,7 @@ class RetrievalIndex:
         (staging / DOCUMENT_IDS).write_text(json.dumps(self.document_ids))
         (staging / PROVENANCE).write_text(json.dumps(self.provenance))
         if self.params.kind == "scann":
-            (staging / SCANN_SUBDIR).mkdir()
-            self._scann.serialize(str(staging / SCANN_SUBDIR), relative_path=True)
+            self._scann.serialize(staging / SCANN_SUBDIR)
         (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
@@ -355,8 +433,7 @@ class RetrievalIndex:
         params = IndexParameters(**manifest["parameters"])
         searcher = None
         if params.kind == "scann":
-            from scann.scann_ops.py import scann_ops_pybind
-            searcher = scann_ops_pybind.load_searcher(str(directory / SCANN_SUBDIR))
+            searcher = ShardedScann.load(directory / SCANN_SUBDIR, len(ids), params.num_shards)
         return cls(embeddings, ids, np.load(directory / MULTIMODAL), params, manifest, searcher,
                    search_batch_size, json.loads((directory / PROVENANCE).read_text()))
 
@@ -404,7 +481,7 @@ def build(embeddings: np.ndarray, document_ids: Sequence[str], multimodal: np.nd
     if provenance is not None and len(provenance) != len(document_ids):
         raise ValueError(f"{len(provenance)} provenance entries for {len(document_ids)} documents")
     start = time.perf_counter()
-    searcher = build_scann(embeddings, params) if params.kind == "scann" else None
+    searcher = ShardedScann.build(embeddings, params) if params.kind == "scann" else None
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": params.kind,
