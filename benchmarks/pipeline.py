@@ -14,7 +14,7 @@ Resume cost: `Batches.set_state` rebuilds the stream and skips the consumed batc
 the script times a skip of many batches, which is what a resume pays per consumed batch.
 
 Train step: the tiny config (`experiments/model_tiny.py`, 172k parameters) with the plain jitted
-step of `cm3leon_jax/parallel/train_step.py` (AdamW), batch 8, at its own max_seq_len (128) and at
+step of `cm3leon_jax/train/step.py` (AdamW), batch 8, at its own max_seq_len (128) and at
 1,024 (max_seq_len raised; same model otherwise), measured in the same process.
 
 TPU need: tokens/s per host that the 350M preset consumes on a TPU v5e-8 host at 50% MFU:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -119,11 +120,11 @@ def time_train_step(seq_len: int, batch_size: int, seconds: float, min_steps: in
     import jax  # noqa: PLC0415 - after TF, so TF's import cost is not counted twice
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from cm3leon_jax.config import MeshConfig, model_config  # noqa: PLC0415
-    from cm3leon_jax.models.decoder import Decoder  # noqa: PLC0415
+    from cm3leon_jax.config import MeshConfig, TrainConfig, model_config  # noqa: PLC0415
     from cm3leon_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
-    from cm3leon_jax.parallel import train_state, train_step  # noqa: PLC0415
-    from cm3leon_jax.train import throughput  # noqa: PLC0415
+    from cm3leon_jax.parallel import sharding as sharding_lib  # noqa: PLC0415
+    from cm3leon_jax.train import decoder_task, optimizer, throughput  # noqa: PLC0415
+    from cm3leon_jax.train import state as state_lib, step as step_lib  # noqa: PLC0415
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                     "experiments"))
@@ -134,11 +135,14 @@ def time_train_step(seq_len: int, batch_size: int, seconds: float, min_steps: in
     mesh_config = MeshConfig(data=1, fsdp=1, tensor=1)
     mesh = mesh_lib.make_mesh(mesh_config, jax.devices()[:1])
     rules = mesh_config.logical_axis_rules()
-    model = Decoder(config)
-    optimizer = train_state.adamw(1e-3)
-    state, shardings = train_state.create_sharded_train_state(model, optimizer, mesh, rules,
-                                                              jax.random.key(0))
-    step = train_step.make_train_step(model, optimizer, mesh, rules, shardings)
+    train = TrainConfig(steps=1000, lr=1e-3, warmup_steps=0, decay="constant")
+    tx = optimizer.make_optimizer(train)
+    state, shardings = state_lib.create_sharded_train_state(
+        functools.partial(decoder_task.init_params, config),
+        decoder_task.param_shardings(config, mesh, rules), tx, mesh, jax.random.key(0))
+    step = sharding_lib.ShardedFunction(step_lib.jit_train_step(
+        decoder_task.make_loss_fn(config, (0, 0)), tx, optimizer.learning_rate(train), shardings,
+        sharding_lib.batch_sharding(mesh, rules)), mesh, rules)
     rng = np.random.default_rng(0)
     batch = {"ids": jnp.asarray(rng.integers(0, config.vocab_size, (batch_size, seq_len)),
                                 jnp.int32),

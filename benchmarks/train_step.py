@@ -119,20 +119,29 @@ def _model_config(dtype: str):
 
 def jax_stepper(dtype: str, tokens):
     """A callable running one donated, jitted train step of the JAX model."""
+    import functools
+
     import jax
-    from cm3leon_jax.config import MeshConfig
-    from cm3leon_jax.models import Decoder
+    from cm3leon_jax.config import MeshConfig, TrainConfig
     from cm3leon_jax.parallel import mesh as mesh_lib
-    from cm3leon_jax.parallel import train_state, train_step
+    from cm3leon_jax.parallel import sharding as sharding_lib
+    from cm3leon_jax.train import decoder_task, optimizer, state as state_lib, step as step_lib
 
     mesh_config = MeshConfig(data=1, fsdp=1, tensor=1)
     mesh = mesh_lib.make_mesh(mesh_config, devices=jax.devices()[:1])
     rules = mesh_config.logical_axis_rules()
-    model = Decoder(_model_config(dtype))
-    optimizer = train_state.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
-    state, shardings = train_state.create_sharded_train_state(model, optimizer, mesh, rules,
-                                                              jax.random.key(0))
-    step = train_step.make_train_step(model, optimizer, mesh, rules, shardings)
+    model_cfg = _model_config(dtype)
+    # The production step (train/step.py): AdamW as torch's below, no clipping, constant LR.
+    train = TrainConfig(steps=1000, lr=1e-4, warmup_steps=0, decay="constant", b1=0.9, b2=0.95,
+                        eps=1e-8, weight_decay=0.1, grad_clip=0.0)
+    tx = optimizer.make_optimizer(train)
+    state, shardings = state_lib.create_sharded_train_state(
+        functools.partial(decoder_task.init_params, model_cfg),
+        decoder_task.param_shardings(model_cfg, mesh, rules), tx, mesh, jax.random.key(0))
+    jitted = step_lib.jit_train_step(decoder_task.make_loss_fn(model_cfg, (0, 0)), tx,
+                                     optimizer.learning_rate(train), shardings,
+                                     sharding_lib.batch_sharding(mesh, rules))
+    step = sharding_lib.ShardedFunction(jitted, mesh, rules)
     batch = {"ids": tokens}
     holder = {"state": state}
 

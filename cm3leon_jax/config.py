@@ -1103,3 +1103,39 @@ class TrainConfig(Section):
 
 def train_config(cfg: ml_collections.ConfigDict) -> TrainConfig:
     return section(cfg, "train", TrainConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplesConfig(Section):
+    """`config.samples`: image samples written at every eval.
+
+    num_captions: validation captions to sample images for (0 = off).
+    num_samples: images per caption (best first: CLIP rerank when a bi-encoder is given, else
+      mean log-probability).
+    temperature / top_k / top_p / cfg_scale: the sampling of `generation.SamplingConfig`.
+    seed: sampling seed (the same for every eval, so grids differ only by the model).
+    scale: nearest-neighbour enlargement of each image in the grid (32x32 images are small).
+    """
+
+    num_captions: int = 0
+    num_samples: int = 2
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    seed: int = 0
+    scale: int = 4
+
+    def check(self, prefix: str) -> None:
+        require_positive(f"{prefix}.num_captions", self.num_captions, allow_zero=True)
+        require_positive(f"{prefix}.num_samples", self.num_samples)
+        require_positive(f"{prefix}.temperature", self.temperature, allow_zero=True)
+        require_positive(f"{prefix}.top_k", self.top_k, allow_zero=True)
+        require_range(f"{prefix}.top_p", self.top_p, 0.0, 1.0)
+        require_positive(f"{prefix}.cfg_scale", self.cfg_scale, allow_zero=True)
+        require_positive(f"{prefix}.scale", self.scale)
+
+
+def samples_config(cfg: ml_collections.ConfigDict) -> SamplesConfig:
+    """`config.samples`, or the defaults (off) when the config has no such section."""
+    return section(cfg, "samples", SamplesConfig) if "samples" in cfg else SamplesConfig()

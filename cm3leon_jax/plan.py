@@ -21,6 +21,15 @@ mesh of 512 devices plans fine on a laptop). Figures:
   an upper bound of what XLA keeps alive (XLA can fuse some residuals away); inputs shared by all
   layers (segment ids, RoPE tables) are counted in every layer. The output head (final norm,
   logits and float32 loss) is counted once. Total = layers x per-layer (configured remat) + head.
+* attention core per layer, by implementation (`config.model.attention`: xla, splash, cudnn), on
+  this device's sequences and heads at the plan's seq_len: `residuals`, what the backward keeps
+  (measured like the activations, from `jax.vjp` of the core alone: q, k, v, output, softmax
+  statistics and, for xla, the boolean masks of its query blocks; cudnn's is the same arithmetic
+  as splash's, written out, since it cannot be traced off a GPU), and `scores`, one float32 copy
+  of the score tiles an implementation has in memory at once: xla materialises every score
+  of its query blocks' lower triangle (its backward holds two or three such buffers), the
+  kernels one block_q x block_kv tile per program (in on-chip memory, nothing in HBM on a TPU /
+  GPU). `total` = residuals + scores. A kernel that cannot tile the shape reports why instead.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import ml_collections
 from cm3leon_jax import cli
 from cm3leon_jax.config import (MESH_AXES, REMAT_POLICIES, ConfigError, MeshConfig, ModelConfig,
                                 mesh_config, model_config)
+from cm3leon_jax.models import attention as attention_lib
 from cm3leon_jax.models.decoder import (REMAT_POLICIES as CHECKPOINT_POLICIES, Block,
                                         BlockInputs, Decoder, _norm)
 from cm3leon_jax.models.layers import DTYPES, Projection
@@ -180,6 +190,53 @@ def activation_bytes_per_sequence(config: ModelConfig, local: ModelConfig, seq_l
     return per_block, _per_sequence(head_measure)
 
 
+ATTENTION_REPORTED = ("xla", "splash", "cudnn")
+
+
+def attention_bytes_per_sequence(config: ModelConfig, local: ModelConfig,
+                                 seq_len: int) -> dict[str, dict[str, Any]]:
+    """{implementation: {residuals, scores, total} bytes, or {unsupported: why}} of one layer's
+    attention core for one sequence on one device (`local` holds this device's heads)."""
+    dtype = DTYPES[config.dtype]
+    heads, kv_heads, head_dim = local.num_heads, local.kv_heads, local.resolved_head_dim
+
+    def core(implementation):
+        def fn(q, k, v, segments):
+            if implementation == "splash":
+                return attention_lib.splash_attention_local(q, k, v, segments, segments,
+                                                            interpret=True)
+            return attention_lib.attention(q, k, v, query_segment_ids=segments,
+                                           key_segment_ids=segments, implementation="xla")
+        return fn
+
+    def measure(implementation, batch):
+        q = jax.ShapeDtypeStruct((batch, seq_len, heads, head_dim), dtype)
+        kv = jax.ShapeDtypeStruct((batch, seq_len, kv_heads, head_dim), dtype)
+        segments = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+        return _residual_bytes(core(implementation), (q, kv, kv), (segments,))
+
+    itemsize = jnp.dtype(dtype).itemsize
+    kernel_residuals = (itemsize * seq_len * head_dim * (2 * heads + 2 * kv_heads)
+                        + 4 * heads * seq_len + 4 * seq_len)  # q, o, k, v, f32 lse, segment ids
+    blocks = attention_lib.causal_query_blocks(seq_len)
+    xla_scores = 4 * heads * sum((seq_len // blocks) * (i + 1) * (seq_len // blocks)
+                                 for i in range(blocks))
+    result = {"xla": {"residuals": _per_sequence(lambda b: measure("xla", b)),
+                      "scores": xla_scores}}
+    problem = attention_lib.splash_problem(seq_len, seq_len, head_dim)
+    if problem:
+        result["splash"] = {"unsupported": problem}
+    else:
+        block = attention_lib.splash_block(seq_len)
+        result["splash"] = {"residuals": _per_sequence(lambda b: measure("splash", b)),
+                            "scores": 4 * block * block}
+    result["cudnn"] = {"residuals": kernel_residuals, "scores": 4 * 128 * 128}
+    for entry in result.values():
+        if "residuals" in entry:
+            entry["total"] = entry["residuals"] + entry["scores"]
+    return result
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     num_params: int
@@ -230,6 +287,10 @@ def make_plan(config: ModelConfig, mesh: MeshConfig, batch_size: int = 0,
     vocab_local = _split(config.vocab_size, "vocab", rules, axis_sizes, "model.vocab_size")
     per_block, head = activation_bytes_per_sequence(config, local, local_seq, vocab_local)
     per_layer = {policy: per_device_batch * value for policy, value in per_block.items()}
+    attention = {
+        name: {key: per_device_batch * value if isinstance(value, int) else value
+               for key, value in entry.items()}
+        for name, entry in attention_bytes_per_sequence(config, local, local_seq).items()}
     activations = config.num_layers * per_layer[config.remat] + per_device_batch * head
     memory = {
         "params": local_elements * param_bytes,
@@ -237,6 +298,8 @@ def make_plan(config: ModelConfig, mesh: MeshConfig, batch_size: int = 0,
         "optimizer": local_elements * ADAMW_MOMENT_BYTES,
         "activations_per_layer": per_layer,
         "activations_output_head": per_device_batch * head,
+        "attention_per_layer": attention,
+        "attention": config.attention,
         "activations": activations,
         "remat": config.remat,
     }
@@ -276,6 +339,11 @@ def format_plan(config: ModelConfig, plan: Plan) -> str:
         *[f"    {policy:<34} {_gib(value)}"
           for policy, value in memory["activations_per_layer"].items()],
         f"  activations of the output head: {_gib(memory['activations_output_head'])}",
+        f"  attention core per layer, by implementation (configured: {memory['attention']}):",
+        *[f"    {name:<7} " + (f"cannot run: {entry['unsupported']}" if "unsupported" in entry
+                               else f"{_gib(entry['total'])} = residuals "
+                                    f"{_gib(entry['residuals'])} + scores {_gib(entry['scores'])}")
+          for name, entry in memory["attention_per_layer"].items()],
         f"  activations total (remat={memory['remat']}): {_gib(memory['activations'])}",
         f"  total: {_gib(memory['total'])}",
     ]

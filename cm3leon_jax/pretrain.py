@@ -6,7 +6,8 @@ Reads the shards that `python -m cm3leon_jax.data.prepare` wrote into W/prepared
 `ret_1 <break> ret_2 <break> query <eos>`, CM3-masked and packed), trains the decoder with the shared
 loop (checkpoints, resume, metrics in W/pretrain, final figures in W/metrics.json under
 "pretrain"), and evaluates on the validation split with and without the retrieved documents
-(loss and perplexity by modality).
+(loss and perplexity by modality). With `config.samples.num_captions` > 0 each eval also writes a
+grid of text-to-image samples for fixed validation captions to TensorBoard (`train/samples.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ml_collections
 
 from cm3leon_jax import cli
 from cm3leon_jax.data import pipeline
-from cm3leon_jax.train import decoder_task, loop
+from cm3leon_jax.train import decoder_task, loop, samples
 
 STAGE = "pretrain"
 
@@ -39,7 +40,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                                  num_batches=train.eval_batches,
                                                  with_retrieval=r))
     task = decoder_task.make_task(STAGE, cfg, setup.mesh, batches("train"), eval_data,
-                                  setup.image_range, setup.fingerprint, cm3.seq_len)
+                                  setup.image_range, setup.fingerprint, cm3.seq_len,
+                                  on_eval=samples.make_on_eval(cfg, setup, STAGE))
     return loop.train(train, run_dir(workdir), task, cfg.to_dict(), metrics_workdir=workdir)
 
 

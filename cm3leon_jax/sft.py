@@ -7,7 +7,8 @@ new AdamW state and its own schedule (paper: LR 5e-5, 150 warmup steps). Trains 
 `config.sft` tasks built from the prepared shards (text-to-image, captioning, VQA, editing,
 spatially grounded generation), each example `instruction <break> input <break> output <eos>` with
 the prompt masked out of the loss. Evaluates the loss per task on the validation split. Same loop,
-checkpoints and resume as pretraining (run directory W/sft; figures in W/metrics.json "sft").
+checkpoints and resume as pretraining (run directory W/sft; figures in W/metrics.json "sft"),
+and the same optional text-to-image sample grids at each eval (`config.samples`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ml_collections
 
 from cm3leon_jax import cli, config
 from cm3leon_jax.data import pipeline, sft_tasks
-from cm3leon_jax.train import decoder_task, loop
+from cm3leon_jax.train import decoder_task, loop, samples
 
 STAGE = "sft"
 
@@ -49,7 +50,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 lambda t=task_name: batches("validation", repeat=False,
                                             num_batches=train.eval_batches, tasks=(t,)))
     task = decoder_task.make_task(STAGE, cfg, setup.mesh, batches("train"), eval_data,
-                                  setup.image_range, setup.fingerprint, setup.cm3.seq_len)
+                                  setup.image_range, setup.fingerprint, setup.cm3.seq_len,
+                                  on_eval=samples.make_on_eval(cfg, setup, STAGE))
     return loop.train(train, str(epath.Path(workdir) / STAGE), task, cfg.to_dict(),
                       metrics_workdir=workdir)
 

@@ -12,15 +12,27 @@ weights and biases, as HF), untied input/output embeddings, z-loss 1e-5, vocabul
 (text BPE + 8,192 image codes + specials), sequence 4,096. The paper uses norm reordering
 (swin_norm) only for 34B; set --config.model.swin_norm=True to try it. Weights init: truncated
 normal std 0.02 (HF `initializer_range`), output projections not zeroed (Llama practice).
-Planned, not trained: this project has trained no model of this size.
+Training and TPU layout: `paper_preset("7b")` of `experiments/cm3leon_350m.py` (8M-token batches of
+2,048 x 4,096, LR 1.2e-4, 1,500 warmup steps, linear decay, v5p-512 as data=16 x fsdp=16, 2
+micro-batches), with the Chameleon paper's AdamW settings: betas (0.9, 0.95), eps 1e-5, weight
+decay 0.1, clipping 1.0. The LR, warmup and token count are CM3leon-7B's: PAPER_NOTES gives no
+Chameleon-specific ones. Planned, not trained: this project has trained no model of this size.
 """
+
+import importlib.util
+import pathlib
 
 import ml_collections
 
 
 def get_config(arg=None):
     del arg
-    config = ml_collections.ConfigDict()
+    spec = importlib.util.spec_from_file_location(
+        "cm3leon_350m", pathlib.Path(__file__).with_name("cm3leon_350m.py"))
+    presets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(presets)
+    config = presets.paper_preset("7b")  # cm3 / mesh / train sections; the model is replaced
+    config.train.eps = 1e-5
     config.model = ml_collections.ConfigDict(dict(
         preset="chameleon",
         vocab_size=65536,
@@ -42,5 +54,4 @@ def get_config(arg=None):
         init_std=0.02,
         zero_init_output_projections=False,
     ))
-    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     return config

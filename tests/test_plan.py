@@ -15,9 +15,9 @@ import pytest
 
 from cm3leon_jax import plan as plan_lib
 from cm3leon_jax.config import MeshConfig, ModelConfig, model_config
-from cm3leon_jax.models import Decoder, init_params
+from cm3leon_jax.models import init_params
 from cm3leon_jax.parallel import mesh as mesh_lib
-from cm3leon_jax.parallel import train_state as train_state_lib
+from cm3leon_jax.train import decoder_task
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -85,11 +85,11 @@ def test_per_device_bytes_equal_the_real_shards(shape):
     mesh_config = MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2])
     plan = plan_lib.make_plan(CHAMELEON, mesh_config, batch_size=8)
     mesh = mesh_lib.make_mesh(mesh_config)
-    abstract, shardings = train_state_lib.train_state_shardings(
-        Decoder(CHAMELEON), train_state_lib.adamw(1e-3), mesh,
-        mesh_config.logical_axis_rules())
+    shardings = decoder_task.param_shardings(CHAMELEON, mesh, mesh_config.logical_axis_rules())
+    abstract = jax.eval_shape(functools.partial(decoder_task.init_params, CHAMELEON),
+                              jax.random.key(0))
     params = jax.device_put(
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract.params), shardings.params)
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract), shardings)
     device = jax.devices()[0]
     held = sum(shard.data.nbytes for leaf in jax.tree.leaves(params)
                for shard in leaf.addressable_shards if shard.device == device)
@@ -152,3 +152,20 @@ def _load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_attention_bytes_per_implementation():
+    """At 1,024 tokens the xla core keeps O(T^2) (float32 scores, boolean block masks), the
+    kernels O(T): q, k, v, output and a float32 log-sum-exp per query row."""
+    cfg = dataclasses.replace(CHAMELEON, max_seq_len=1024, head_dim=64)
+    plan = plan_lib.make_plan(cfg, MeshConfig(data=1, fsdp=1, tensor=1), batch_size=1)
+    attention = plan.bytes_per_device["attention_per_layer"]
+    heads, kv_heads, length = cfg.num_heads, cfg.kv_heads, 1024
+    kernel = 4 * length * 64 * (2 * heads + 2 * kv_heads) + 4 * heads * length + 4 * length
+    assert attention["splash"]["residuals"] == kernel == attention["cudnn"]["residuals"]
+    assert attention["xla"]["scores"] == 4 * heads * length * length * 9 // 16  # 8 blocks
+    assert attention["xla"]["total"] > 4 * attention["splash"]["total"]
+    untileable = plan_lib.make_plan(dataclasses.replace(cfg, max_seq_len=1000),
+                                    MeshConfig(data=1, fsdp=1, tensor=1), batch_size=1)
+    assert "multiple of 128" in untileable.bytes_per_device["attention_per_layer"]["splash"][
+        "unsupported"]

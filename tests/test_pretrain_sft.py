@@ -131,3 +131,27 @@ def test_kill_9_then_resume_reproduces_the_loss_curve(workdir, tmp_path):
     a = loop.read_train_log(str(straight / "pretrain"))
     b = loop.read_train_log(str(killed / "pretrain"))
     assert [a[s]["loss"] for s in range(1, steps + 1)] == [b[s]["loss"] for s in range(1, steps + 1)]
+
+
+def _summary_tags(directory):
+    import tensorflow as tf
+    tags = {}
+    for path in pathlib.Path(directory).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags[value.tag] = value
+    return tags
+
+
+def test_eval_writes_text_to_image_samples(workdir, tmp_path):
+    other = _copy_prepared(workdir, tmp_path / "samples")
+    cfg = _cfg(other / "vocab", steps=1)
+    cfg.samples = ml_collections.ConfigDict(dict(num_captions=2, num_samples=2, scale=1))
+    pretrain.run(cfg, str(other))
+    tags = _summary_tags(other / "pretrain" / "tensorboard")
+    assert "samples/text_to_image" in tags and "samples/captions" in tags
+    assert tags["samples/text_to_image"].metadata.plugin_data.plugin_name == "images"
+    # One row per caption (real image, then 2 samples) of 32x32 images with 2-pixel gaps.
+    import tensorflow as tf
+    image = tf.io.decode_image(tf.make_ndarray(tags["samples/text_to_image"].tensor)[2]).numpy()
+    assert image.shape == (2 * 34 + 2, 3 * 34 + 2, 3)

@@ -1,8 +1,10 @@
 """Sharding on the 8 fake CPU devices: same numbers on every mesh, layouts from the rule table.
 
-For meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2), (1,1,8) the loss and every gradient
-equal the single-device result to 1e-5 (float32), and each weight (and its AdamW moments) is laid
-out exactly as `config.MeshConfig.rules` says. Bad meshes fail with both numbers in the message.
+Through the production training core (`train/decoder_task.py` loss and parameter shardings,
+`train/state.py` sharded state creation, `train/step.py` jitted step): for meshes (data, fsdp,
+tensor) = (8,1,1), (2,4,1), (2,2,2), (1,1,8) the loss and every gradient equal the single-device
+result to 1e-5 (float32), and each weight (and its AdamW moments) is laid out exactly as
+`config.MeshConfig.rules` says. Bad meshes fail with both numbers in the message.
 """
 
 import functools
@@ -12,24 +14,25 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from cm3leon_jax.config import DEFAULT_LOGICAL_AXIS_RULES, MeshConfig, ModelConfig
-from cm3leon_jax.models import Decoder, init_params
+from cm3leon_jax.config import DEFAULT_LOGICAL_AXIS_RULES, MeshConfig, ModelConfig, TrainConfig
+from cm3leon_jax.models import init_params
 from cm3leon_jax.parallel import mesh as mesh_lib
 from cm3leon_jax.parallel import sharding as sharding_lib
-from cm3leon_jax.parallel import train_state as train_state_lib
-from cm3leon_jax.parallel import train_step as train_step_lib
+from cm3leon_jax.train import decoder_task, optimizer as optimizer_lib, state as state_lib
+from cm3leon_jax.train import step as step_lib
 
 MODELS = {
     # GQA (16 query heads over 8 kv heads), QK-norm, untied output layer.
     "chameleon": ModelConfig(preset="chameleon", vocab_size=128, num_layers=2, d_model=64,
                              num_heads=16, num_kv_heads=8, mlp_dim=128, max_seq_len=32,
                              qk_norm=True, tie_embeddings=False,
-                             zero_init_output_projections=False),
+                             zero_init_output_projections=False, z_loss=1e-3),
     "cm3leon": ModelConfig(preset="cm3leon", vocab_size=128, num_layers=2, d_model=64,
                            num_heads=8, max_seq_len=32, zero_init_output_projections=False),
 }
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 RULES = MeshConfig().logical_axis_rules()
+IMAGE_RANGE = (64, 128)  # ids 64..127 count as image tokens (text/ and image/ metrics)
 
 
 def random_params(cfg, seed=0):
@@ -50,7 +53,9 @@ def packed_batch(seed=0, batch=8, length=16):
 
 
 def _loss(params, batch, cfg):
-    return train_step_lib.loss_fn(params, Decoder(cfg), batch, z_loss=1e-3)[0]
+    """The production objective (cross-entropy + z-loss), per counted token."""
+    total, sums = decoder_task.make_loss_fn(cfg, IMAGE_RANGE)(params, batch, None)
+    return total / sums["tokens"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,10 +75,7 @@ def test_sharded_loss_and_gradients_equal_single_device(name, shape):
     expected_loss, expected_grads = single_device_loss_and_grad(name)(params, batch)
 
     mesh = make_mesh(shape)
-    model = Decoder(cfg)
-    _, state_shardings = train_state_lib.train_state_shardings(
-        model, train_state_lib.adamw(1e-3), mesh, RULES)
-    param_shardings = state_shardings.params
+    param_shardings = decoder_task.param_shardings(cfg, mesh, RULES)
     sharded_params = jax.device_put(params, param_shardings)
     loss_and_grad = sharding_lib.ShardedFunction(jax.jit(
         jax.value_and_grad(functools.partial(_loss, cfg=cfg)),
@@ -131,30 +133,42 @@ def _by_path(tree):
 def test_train_state_is_created_sharded_and_the_step_donates_and_matches():
     cfg = MODELS["chameleon"]
     mesh = make_mesh((2, 2, 2))
-    optimizer = train_state_lib.adamw(1e-3)
-    model = Decoder(cfg)
-    state, shardings = train_state_lib.create_sharded_train_state(
-        model, optimizer, mesh, RULES, jax.random.key(0))
+    train = TrainConfig(steps=10, warmup_steps=0, lr=1e-3)
+    tx = optimizer_lib.make_optimizer(train)
+    param_shardings = decoder_task.param_shardings(cfg, mesh, RULES)
+    state, shardings = state_lib.create_sharded_train_state(
+        functools.partial(decoder_task.init_params, cfg), param_shardings, tx, mesh,
+        jax.random.key(0))
 
     params = _by_path(state.params)
     assert set(params) <= set(EXPECTED_LAYOUT)
     for path, value in params.items():
         _assert_same_layout(value.sharding, NamedSharding(mesh, EXPECTED_LAYOUT[path]))
-    # AdamW moments live exactly where their parameters do; the step count is replicated.
-    adam = state.opt_state[0]
-    for moments in (adam.mu, adam.nu):
-        for path, value in _by_path(moments).items():
-            _assert_same_layout(value.sharding, params[path].sharding)
-    assert _normalized(adam.count.sharding.spec) == ()
+    # AdamW moments live exactly where their parameters do; counts and the rng are replicated.
+    moments = 0
+    for path, value in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+        name = "/".join(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        if name in params:
+            _assert_same_layout(value.sharding, params[name].sharding)
+            moments += 1
+        else:
+            assert value.ndim == 0 and _normalized(value.sharding.spec) == (), path
+    assert moments == 2 * len(params)
+    for scalar in (state.step, state.skipped, state.rng):
+        assert _normalized(scalar.sharding.spec) == ()
 
     batch = packed_batch(seed=1)
     host_params = jax.tree.map(np.asarray, state.params)
-    expected_loss, _ = single_device_loss_and_grad("chameleon")(host_params, batch)
-    step = train_step_lib.make_train_step(model, optimizer, mesh, RULES, shardings, z_loss=1e-3)
+    loss_fn = decoder_task.make_loss_fn(cfg, IMAGE_RANGE)
+    _, sums = jax.jit(loss_fn)(host_params, batch, None)
+    expected_loss = sums["loss"] / sums["tokens"]  # the `loss` metric: cross-entropy per token
+    step = step_lib.jit_train_step(loss_fn, tx, optimizer_lib.learning_rate(train), shardings,
+                                   sharding_lib.batch_sharding(mesh, RULES))
     old_state = state
-    state, metrics = step(state, batch)
+    with sharding_lib.sharding_context(mesh, RULES):
+        state, metrics = step(state, batch)
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
-    assert int(state.step) == 1
+    assert int(state.step) == 1 and float(metrics["finite"]) == 1.0
     assert jax.tree.leaves(old_state.params)[0].is_deleted()  # donated: updated in place
     for path, value in _by_path(state.params).items():
         _assert_same_layout(value.sharding, params[path].sharding)
@@ -174,9 +188,8 @@ def test_rule_table_drives_the_layout():
                               ("head_dim", "tensor"), ("length", None),
                               ("layers", None))).logical_axis_rules()
     mesh = make_mesh((2, 2, 2))
-    _, shardings = train_state_lib.train_state_shardings(
-        Decoder(MODELS["cm3leon"]), train_state_lib.adamw(1e-3), mesh, rules)
-    layout = {k: _normalized(v.spec) for k, v in _by_path(shardings.params).items()}
+    shardings = decoder_task.param_shardings(MODELS["cm3leon"], mesh, rules)
+    layout = {k: _normalized(v.spec) for k, v in _by_path(shardings).items()}
     assert layout["layers/mlp/fc1/kernel"] == (None, None, ("fsdp", "tensor"))
     assert layout["layers/attention/q_proj/kernel"] == (None, None, None, "tensor")
     assert layout["embed_tokens/embedding"] == ("fsdp",)
@@ -203,11 +216,10 @@ def test_mesh_that_does_not_match_the_devices_is_refused(mesh, message):
 def test_dimension_not_divisible_by_its_mesh_axis_is_refused():
     cfg = ModelConfig(preset="cm3leon", vocab_size=128, num_layers=1, d_model=64, num_heads=4,
                       max_seq_len=32)
-    with pytest.raises(ValueError, match=r"parameter params/layers/attention/k_proj/kernel "
+    with pytest.raises(ValueError, match=r"parameter layers/attention/k_proj/kernel "
                                          r"\(1, 64, 4, 16\): dimension 2 has size 4, which mesh "
                                          r"axes tensor \(size 8\) do not divide"):
-        train_state_lib.train_state_shardings(Decoder(cfg), train_state_lib.adamw(1e-3),
-                                              make_mesh((1, 1, 8)), RULES)
+        decoder_task.param_shardings(cfg, make_mesh((1, 1, 8)), RULES)
     with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by mesh axes "
                                          r"\('data', 'fsdp'\) of size 4"):
         sharding_lib.check_batch(6, make_mesh((2, 2, 2)), RULES)

@@ -272,7 +272,7 @@ class Decoder(nn.Module):
 def init_params(config: ModelConfig, rng: jax.Array) -> dict:
     """Plain (unboxed) float parameters on the default device, for single-device use (tests,
     export, small-scale generation). Sharded training creates them with
-    `parallel.train_state.create_sharded_train_state` instead; `Decoder(config).init` returns
-    them boxed with their logical axis names."""
+    `train.state.create_sharded_train_state` (laid out by `train.decoder_task.param_shardings`)
+    instead; `Decoder(config).init` returns them boxed with their logical axis names."""
     boxed = Decoder(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
     return nn.meta.unbox(boxed)

@@ -1,3 +1,3 @@
 """Laying the model out on devices: `mesh.py` (the (data, fsdp, tensor) Mesh), `sharding.py`
-(logical axis names -> mesh shardings, checks), `train_state.py` (a sharded params + AdamW state)
-and `train_step.py` (a minimal jitted, donated, explicitly sharded train step)."""
+(logical axis names -> mesh shardings, checks) and `distributed.py` (joining the processes of a
+multi-host job). The train state and step that use them live in `cm3leon_jax/train/`."""

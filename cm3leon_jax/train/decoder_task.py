@@ -32,16 +32,20 @@ def model_signature(model: config_lib.ModelConfig) -> dict:
 
 
 def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]):
-    """loss_fn(params, batch, rng) -> (objective sum, metric sums), see `train/step.py`."""
+    """loss_fn(params, batch, rng) -> (objective sum, metric sums), see `train/step.py`.
+
+    batch: `ids` [batch, length] int32 and, optional (as the packer writes them, `data/packing.py`),
+    `segment_ids` (0 = padding; default one document per row), `positions` (default: restart per
+    segment) and `weights` (float32 weight of predicting `ids[t]`; default 1)."""
     model = Decoder(model_cfg)
     image_lo, image_hi = image_range
 
     def loss_fn(params, batch, rng):
         del rng  # the decoder has no dropout (CM3leon: none)
-        logits = model.apply({"params": params}, batch["ids"], batch["segment_ids"],
-                             batch["positions"])
-        targets, weights = loss_lib.next_token_targets(batch["ids"], batch["segment_ids"],
-                                                       batch["weights"])
+        logits = model.apply({"params": params}, batch["ids"], batch.get("segment_ids"),
+                             batch.get("positions"))
+        targets, weights = loss_lib.next_token_targets(batch["ids"], batch.get("segment_ids"),
+                                                       batch.get("weights"))
         log_z, target_logit = loss_lib.log_z_and_target_logit(logits.astype(jnp.float32), targets)
         nll = (log_z - target_logit) * weights
         z_term = model_cfg.z_loss * jnp.square(log_z) * weights
@@ -57,6 +61,28 @@ def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]
     return loss_fn
 
 
+def boxed_params(model_cfg: config_lib.ModelConfig, rng: jax.Array):
+    """Initial parameters carrying their logical axis names (`nn.LogicallyPartitioned`)."""
+    return Decoder(model_cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def init_params(model_cfg: config_lib.ModelConfig, rng: jax.Array):
+    """Initial parameters, plain arrays (laid out by `param_shardings` when jitted with it)."""
+    return nn.meta.unbox(boxed_params(model_cfg, rng))
+
+
+def param_shardings(model_cfg: config_lib.ModelConfig, mesh: jax.sharding.Mesh,
+                    rules: sharding.Rules):
+    """NamedShardings of the parameters from their logical names and the rule table; ValueError
+    naming the weight when a mesh axis does not divide one of its dimensions."""
+    boxed = jax.eval_shape(functools.partial(boxed_params, model_cfg), jax.random.key(0))
+    shardings = sharding.logical_shardings(sharding.logical_specs(boxed), mesh, rules)
+    # Unboxed under eval_shape: outside a trace, unboxing applies the rules' constraint eagerly.
+    sharding.check_divisible(jax.eval_shape(functools.partial(init_params, model_cfg),
+                                            jax.random.key(0)), shardings)
+    return shardings
+
+
 def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIterator,
               eval_data: dict[str, Callable[[], Iterator[dict]]], image_range: tuple[int, int],
               data_fingerprint: str, seq_len: int,
@@ -65,21 +91,7 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
     mesh_cfg = config_lib.mesh_config(cfg)
     train_cfg = config_lib.train_config(cfg)
     rules = mesh_cfg.logical_axis_rules()
-    model = Decoder(model_cfg)
     sharding.check_batch(train_cfg.batch_size, mesh, rules)
-
-    def boxed_params(rng):
-        return model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
-
-    def init_params(rng):
-        return nn.meta.unbox(boxed_params(rng))
-
-    def param_shardings(abstract):
-        del abstract
-        specs = sharding.logical_specs(jax.eval_shape(boxed_params, jax.random.key(0)))
-        shardings = sharding.logical_shardings(specs, mesh, rules)
-        sharding.check_divisible(jax.eval_shape(init_params, jax.random.key(0)), shardings)
-        return shardings
 
     from cm3leon_jax import plan  # noqa: PLC0415 - plan imports the model; keep import local
 
@@ -88,7 +100,8 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
     flops = plan.flops_per_token(model_cfg, num_params, plan._lookup_only_params(  # noqa: SLF001
         model_cfg, abstract), seq_len=seq_len)["total"]
     return loop.Task(
-        name=name, init_params=init_params, param_shardings=param_shardings,
+        name=name, init_params=functools.partial(init_params, model_cfg),
+        param_shardings=lambda abstract: param_shardings(model_cfg, mesh, rules),
         batch_sharding=sharding.batch_sharding(mesh, rules),
         loss_fn=make_loss_fn(model_cfg, image_range), train_data=train_data,
         eval_data=eval_data, tokens_per_batch=train_cfg.batch_size * seq_len,

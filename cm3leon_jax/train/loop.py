@@ -26,8 +26,8 @@ import numpy as np
 
 from cm3leon_jax import results
 from cm3leon_jax.config import TrainConfig
-from cm3leon_jax.train import checkpoint, optimizer, preemption, step as step_lib, throughput
-from cm3leon_jax.train.state import TrainState
+from cm3leon_jax.train import checkpoint, optimizer, preemption, state as state_lib
+from cm3leon_jax.train import step as step_lib, throughput
 
 
 class DataIterator(Protocol):
@@ -59,28 +59,12 @@ class Task:
     context: Callable[[], Any] = contextlib.nullcontext
 
 
-def _replicated_scalar_sharding(batch_sharding):
-    return jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-
-
-def _create_state(task: Task, tx, train: TrainConfig, params=None) -> TrainState:
-    """The train state, created by one jit so XLA places optimizer moments like their params."""
-    replicated = _replicated_scalar_sharding(task.batch_sharding)
-    abstract_params = jax.eval_shape(task.init_params, jax.random.key(train.seed))
-    shardings = task.param_shardings(abstract_params)
-
-    def create(rng, given):
-        init_rng, state_rng = jax.random.split(rng)
-        chosen = task.init_params(init_rng) if given is None else given
-        chosen = jax.lax.with_sharding_constraint(chosen, shardings)
-        return TrainState.create(chosen, tx, state_rng)
-
-    state_shardings = None
-    state = jax.jit(create, out_shardings=state_shardings)(jax.random.key(train.seed), params)
-    # Scalars replicated explicitly (they may have landed anywhere).
-    return state.replace(step=jax.device_put(state.step, replicated),
-                         skipped=jax.device_put(state.skipped, replicated),
-                         rng=jax.device_put(state.rng, replicated))
+def _create_state(task: Task, tx, train: TrainConfig, params=None):
+    """(state, its shardings), created shard by shard on the mesh (`state.py`)."""
+    rng = jax.random.key(train.seed)
+    param_shardings = task.param_shardings(jax.eval_shape(task.init_params, rng))
+    return state_lib.create_sharded_train_state(task.init_params, param_shardings, tx,
+                                                task.batch_sharding.mesh, rng, params=params)
 
 
 def _abstract(tree):
@@ -160,7 +144,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         checkpoint.check_compatible(checkpoints.read_meta(latest), task.model_signature,
                                     task.data_fingerprint, train_cfg.allow_data_change,
                                     f"--workdir {workdir}")
-    state = _create_state(task, tx, train_cfg)
+    state, state_shardings = _create_state(task, tx, train_cfg)
     restored = checkpoints.restore_latest(_abstract(state)) if latest is not None else None
     if restored is not None:
         state, data_state, _, start = restored
@@ -170,15 +154,11 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     elif train_cfg.init_from:
         params, from_step = checkpoint.restore_params(train_cfg.init_from,
                                                       _abstract(state.params))
-        state = _create_state(task, tx, train_cfg, params=params)
+        state, state_shardings = _create_state(task, tx, train_cfg, params=params)
         print(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
               "fresh optimizer")
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-
-    train_step = jax.jit(
-        step_lib.make_train_step(task.loss_fn, tx, schedule, train_cfg.micro_batches),
-        in_shardings=(state_shardings, task.batch_sharding),
-        out_shardings=(state_shardings, None), donate_argnums=0)
+    train_step = step_lib.jit_train_step(task.loss_fn, tx, schedule, state_shardings,
+                                         task.batch_sharding, train_cfg.micro_batches)
     eval_fn = jax.jit(step_lib.make_eval_step(task.loss_fn))
 
     writer = metric_writers.create_default_writer(

@@ -9,6 +9,10 @@ the gradient of one k-times batch (up to float summation order).
 Metric convention: for every `<name>_tokens` in `sums`, a `<name>_loss` sum is normalised into
 `<name>/loss` and `<name>/perplexity` (e.g. text and image tokens separately); `loss` and
 `perplexity` are the overall figures.
+
+`jit_train_step` is the compiled form every caller uses (the loop, the sharding and multi-host
+tests, the benchmarks): explicit in/out shardings, the state donated (params and AdamW moments
+updated in place), metrics replicated (readable on every host).
 """
 
 from __future__ import annotations
@@ -106,6 +110,18 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                   schedule: optax.Schedule, state_shardings: TrainState,
+                   batch_sharding: jax.sharding.NamedSharding, micro_batches: int = 1,
+                   donate: bool = True):
+    """`make_train_step` jitted for the mesh of `batch_sharding`: `step(state, batch)`."""
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(make_train_step(loss_fn, optimizer, schedule, micro_batches),
+                   in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated),
+                   donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(loss_fn: LossFn):
