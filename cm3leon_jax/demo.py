@@ -10,7 +10,9 @@ library calls as its own entry point, and leaves something to look at after each
 4. prepare: Beam pipeline to token shards with the data card (printed);
 5. pretrain: CM3 objective on retrieval-augmented rows;
 6. sft: instruction tuning from the pretrained weights;
-7. generate: text-to-image samples and captions from the tuned model.
+7. evaluate: the tuned model on the first `demo.eval_examples` test examples (text-to-image
+   judged by the verifier and FID, captioning CIDEr-D, VQA, editing; `cm3leon_jax/evaluate.py`),
+   with a real-vs-generated grid `W/demo/text2image.png`.
 
 `--config.demo.stages` runs a prefix of them (every stage needs the ones before it).
 """
@@ -101,8 +103,24 @@ def sft_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"train_loss": out["train_loss"], "steps": out["steps"]}
 
 
+def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
+
+    settings = tasks.EvalSettings(num_examples=cfg.demo.eval_examples, seed=0,
+                                  retrieval=False, grid_examples=8)  # SFT prompts take none
+    figures = tasks.evaluate(workdir, settings, cfg=cfg)
+    target = epath.Path(workdir) / "demo" / "text2image.png"
+    if "grid" in figures.get("text2image", {}):
+        target.write_bytes(epath.Path(figures["text2image"]["grid"]).read_bytes())
+    print(f"[demo] evaluate ({figures['stage']}, {settings.num_examples} test examples): "
+          + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks)
+          + f"; real vs generated -> {target}")
+    return {k: v for k, v in tasks.scalars(figures).items() if not k.endswith("/seconds")}
+
+
 STAGES = {"data": data_stage, "tokenizers": tokenizer_stage, "retrieval": retrieval_stage,
-          "prepare": prepare_stage, "pretrain": pretrain_stage, "sft": sft_stage}
+          "prepare": prepare_stage, "pretrain": pretrain_stage, "sft": sft_stage,
+          "evaluate": evaluate_stage}
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -119,6 +137,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     config.section(cfg, "text_tokenizer", config.TextTokenizerConfig)
     for name in ("pretrain_train", "sft_train"):
         config.from_dict(cfg.demo[name], config.TrainConfig, prefix=f"demo.{name}")
+    if "evaluate" in cfg.demo.stages:
+        if cfg.demo.get("eval_examples", 0) < 2:
+            config.fail("demo.eval_examples", cfg.demo.get("eval_examples"),
+                        "must be >= 2 (FID and CIDEr-D need two test examples)")
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
