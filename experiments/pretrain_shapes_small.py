@@ -1,11 +1,20 @@
-"""The CPU quality run on `shapes`: a bigger decoder than `pretrain_tiny`, ~40 minutes on 2 cores.
+"""The CPU quality run on `shapes`: the quality VQ-GAN and a bigger decoder than `pretrain_tiny`.
 
-    python -m cm3leon_jax.pretrain --config experiments/pretrain_shapes_small.py --workdir W
+The whole chain (one config for every stage, as `pretrain_tiny.py`; W=/tmp/small):
 
-W must hold the tiny project's prepared data (this file keeps `pretrain_tiny`'s data, tokenizer,
-retrieval and prepare sections, so `python -m cm3leon_jax.demo --workdir W` or the tiny chain's
-prepare step serves both); only the model and training differ, and the run directory is W/pretrain
-(use a copy of W to keep the tiny run's checkpoints).
+    C=experiments/pretrain_shapes_small.py
+    python -m cm3leon_jax.tokenizers.train_all --config $C --workdir $W    # vqgan_shapes: ~24 min
+    python -m cm3leon_jax.retrieval.train_encoder --config $C --workdir $W
+    python -m cm3leon_jax.retrieval.build_index --config $C --workdir $W
+    python -m cm3leon_jax.retrieval.neighbours --config $C --workdir $W
+    python -m cm3leon_jax.data.prepare --config $C --workdir $W
+    python -m cm3leon_jax.pretrain --config $C --workdir $W
+    python -m cm3leon_jax.sft --config experiments/sft_shapes_small.py --workdir $W
+    python -m cm3leon_jax.evaluate --workdir $W --table --results_md docs/RESULTS.md
+
+Data, text tokenizer, retrieval and prepare: `pretrain_tiny`'s. Image tokenizer:
+`experiments/vqgan_shapes.py` (33.3 dB, 85% verifier exact-match on reconstructions: the ceiling of
+every text-to-image figure), not the minute-scale one (24 dB, 5.5%).
 
 Model: cm3leon preset, 6 layers, d_model 256, 4 heads of 64, seq_len 384 (as tiny), vocabulary
 1,152, ~37 MFLOP per trained token against tiny's ~8 (983,040 parameters).
@@ -14,10 +23,10 @@ experiments/pretrain_shapes_small.py`).
 Training: batch 8 x 384 tokens, 700 steps (2.15M tokens), LR 2e-3, 50 warmup steps, cosine to 10%;
 eval every 175 steps with a grid of 4 validation captions x 2 text-to-image samples written to
 TensorBoard (`config.samples`).
-Wall time, estimated (not yet run in full): the smoke run (--config.train.steps=5, on the 2-core
-machine shared with other jobs, load ~10) trained at ~940 tok/s (MFU ~60% of the measured matmul
-peak), so 700 steps take ~38 min, plus under a minute per eval for losses and samples, and ~1 min
-of start-up and compilation: ~40 min, within the hour.
+Wall time, estimated: the smoke run (--config.train.steps=5, on the 2-core machine shared with
+other jobs, load ~10) trained at ~940 tok/s, so 700 steps take ~38 min, plus under a minute per
+eval and ~1 min of start-up and compilation: ~40 min, within the hour. Measured figures:
+docs/RESULTS.md and docs/BENCHMARKS.md.
 """
 
 import importlib.util
@@ -32,6 +41,8 @@ def get_config(arg=None):
     base = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(base)
     cfg = base.get_config(arg)
+    tokenizers = base._sibling("vqgan_shapes")  # noqa: SLF001 - the quality image tokenizer
+    cfg.vqgan, cfg.vqgan_train = tokenizers.vqgan, tokenizers.vqgan_train
     cfg.model = ml_collections.ConfigDict(dict(
         preset="cm3leon", vocab_size=1152, num_layers=6, d_model=256, num_heads=4,
         max_seq_len=384, dtype="float32", remat="none"))
