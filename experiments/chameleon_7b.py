@@ -19,19 +19,14 @@ decay 0.1, clipping 1.0. The LR, warmup and token count are CM3leon-7B's: PAPER_
 Chameleon-specific ones. Planned, not trained: this project has trained no model of this size.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
     del arg
-    spec = importlib.util.spec_from_file_location(
-        "cm3leon_350m", pathlib.Path(__file__).with_name("cm3leon_350m.py"))
-    presets = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(presets)
-    config = presets.paper_preset("7b")  # cm3 / mesh / train sections; the model is replaced
+    config = experiment_files.module(__file__, "cm3leon_350m").paper_preset("7b")  # cm3 / mesh / train sections; the model is replaced
     config.train.eps = 1e-5
     config.model = ml_collections.ConfigDict(dict(
         preset="chameleon",

@@ -12,14 +12,9 @@ a v5p-512 slice (256 chips), data=16 x fsdp=16, 2 micro-batches of 1,024 sequenc
 command puts 14.9 GiB per chip (4 sequences per micro-batch, remat=full, xla attention).
 """
 
-import importlib.util
-import pathlib
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
     del arg
-    path = pathlib.Path(__file__).with_name("cm3leon_350m.py")
-    spec = importlib.util.spec_from_file_location("cm3leon_350m", path)
-    presets = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(presets)
-    return presets.paper_preset("7b")
+    return experiment_files.module(__file__, "cm3leon_350m").paper_preset("7b")

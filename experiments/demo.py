@@ -14,25 +14,18 @@ examples (text-to-image, captioning, VQA, editing; a real-vs-generated grid). It
 Measured on the 2-core CPU machine: see docs/BENCHMARKS.md ("End-to-end demo").
 """
 
-import importlib.util
-import pathlib
 
 import ml_collections
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
     del arg
-    cfg = _load("sft_tiny")
+    cfg = experiment_files.config(__file__, "sft_tiny")
     cfg.demo = ml_collections.ConfigDict(dict(
         grid_examples=16,
         stages=("data", "tokenizers", "retrieval", "prepare", "pretrain", "sft", "evaluate"),
         eval_examples=16,
-        pretrain_train=_load("pretrain_tiny").train, sft_train=cfg.train))
+        pretrain_train=experiment_files.config(__file__, "pretrain_tiny").train, sft_train=cfg.train))
     return cfg

@@ -29,19 +29,14 @@ eval and ~1 min of start-up and compilation: ~40 min, within the hour. Measured 
 docs/RESULTS.md and docs/BENCHMARKS.md.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny", pathlib.Path(__file__).with_name("pretrain_tiny.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    cfg = base.get_config(arg)
-    tokenizers = base._sibling("vqgan_shapes")  # noqa: SLF001 - the quality image tokenizer
+    cfg = experiment_files.config(__file__, "pretrain_tiny", arg)
+    tokenizers = experiment_files.config(__file__, "vqgan_shapes")  # the quality image tokenizer
     cfg.vqgan, cfg.vqgan_train = tokenizers.vqgan, tokenizers.vqgan_train
     cfg.model = ml_collections.ConfigDict(dict(
         preset="cm3leon", vocab_size=1152, num_layers=6, d_model=256, num_heads=4,

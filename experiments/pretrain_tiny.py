@@ -13,18 +13,9 @@ pieces + 512 image codes, padded to a multiple of 128).
 Hardware: the 2-core CPU machine; see docs/BENCHMARKS.md for the measured wall time and loss.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _sibling(name: str) -> ml_collections.ConfigDict:
-    """get_config() of another experiments/ file (configs are loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
@@ -34,7 +25,7 @@ def get_config(arg=None):
         source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200, seed=0))
     # Tokenizers (python -m cm3leon_jax.tokenizers.train_all): experiments/vqgan_tiny.py's VQ-GAN
     # (32x32 -> 8x8 codes, 512 codes, 800 steps: the minute-scale setting measured there).
-    tokenizers = _sibling("vqgan_tiny")
+    tokenizers = experiment_files.config(__file__, "vqgan_tiny")
     cfg.vqgan, cfg.vqgan_train = tokenizers.vqgan, tokenizers.vqgan_train
     cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
     # Retrieval (train_encoder -> build_index -> neighbours): a small CLIP-style bi-encoder.

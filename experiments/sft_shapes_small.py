@@ -9,23 +9,15 @@ editing, grounded generation; prompt masked out of the loss): 600 steps of batch
 pretraining rate: ~30 min on the 2-core CPU machine.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _sibling(name: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
     del arg
-    cfg = _sibling("pretrain_shapes_small")
-    cfg.sft = _sibling("sft_tiny").sft
+    cfg = experiment_files.config(__file__, "pretrain_shapes_small")
+    cfg.sft = experiment_files.config(__file__, "sft_tiny").sft
     cfg.train = ml_collections.ConfigDict(dict(
         steps=600, batch_size=8, lr=1e-3, warmup_steps=40, decay="cosine", weight_decay=0.1,
         log_every=25, eval_every=150, eval_batches=4, checkpoint_every=150))

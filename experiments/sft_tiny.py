@@ -8,18 +8,13 @@ steps (the paper's 5e-5 / 150 is for a 7B model on ~30B tokens; a 4-layer model 
 needs a larger step).
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny", pathlib.Path(__file__).with_name("pretrain_tiny.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    cfg = base.get_config(arg)
+    cfg = experiment_files.config(__file__, "pretrain_tiny", arg)
     cfg.sft = ml_collections.ConfigDict(dict(text_to_image=1.0, captioning=1.0, vqa=1.0,
                                              editing=1.0, grounded_generation=0.5))
     cfg.train = ml_collections.ConfigDict(dict(

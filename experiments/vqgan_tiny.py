@@ -13,26 +13,13 @@ the right place and colour, see `<workdir>/tokenizers/reconstructions.png`); 512
 The quality targets are vqgan_shapes.py's.
 """
 
-import ml_collections
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
-    del arg
-    cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(
-        source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200, seed=0))
-    cfg.vqgan = ml_collections.ConfigDict(dict(
-        image_size=32, downsample_factor=4, channels=16, channel_multipliers=(1, 2, 4),
-        num_res_blocks=1, attention_resolutions=(), mid_attention=True, norm_groups=8,
-        codebook_size=512, code_dim=8, codebook_lookup="l2", codebook_update="ema",
-        ema_decay=0.99, commitment_cost=0.25, restart_unused_after=20,
-        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=700,
-        discriminator_weight=0.1, discriminator_channels=16, discriminator_layers=2))
-    cfg.vqgan_train = ml_collections.ConfigDict(dict(
-        num_steps=800, batch_size=8, learning_rate=2e-3, warmup_steps=50,
-        final_learning_rate_fraction=0.05, adam_b1=0.9, adam_b2=0.99,
-        discriminator_learning_rate=2e-4, log_every=50, image_every=400, checkpoint_every=400,
-        eval_batch_size=100, seed=0))
-    cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
-    cfg.vocab = ml_collections.ConfigDict(dict(num_mask_sentinels=16, pad_to_multiple=128))
+    cfg = experiment_files.config(__file__, "vqgan_shapes", arg)
+    # The GAN runs for the last 100 steps (weight 0.1), so the demo exercises the whole VQ-GAN.
+    cfg.vqgan.update(discriminator_start=700, discriminator_weight=0.1)
+    cfg.vqgan_train.update(num_steps=800, warmup_steps=50, log_every=50, image_every=400,
+                           checkpoint_every=400)
     return cfg
