@@ -93,8 +93,10 @@ def _loss(params, tokens, segments, cfg):
     return sums.cross_entropy / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def test_splash_decoder_on_a_mesh_matches_xla_on_one_device():
-    """Mesh (data, fsdp, tensor) = (2, 2, 2): the batch split 4 ways, query and kv heads 2 ways."""
+@pytest.mark.parametrize("shape", [(2, 2, 2), (8, 1, 1), (1, 4, 2)])
+def test_splash_decoder_on_a_mesh_matches_xla_on_one_device(shape):
+    """Meshes (data, fsdp, tensor): (2, 2, 2) splits the batch 4 ways and query and kv heads 2
+    ways; (8, 1, 1) the batch alone; (1, 4, 2) fsdp-sharded parameters with split heads."""
     cfg = MESH_MODEL
     params = random_params(cfg)
     tokens = jax.random.randint(jax.random.key(1), (8, 128), 0, 128, dtype=jnp.int32)
@@ -103,7 +105,7 @@ def test_splash_decoder_on_a_mesh_matches_xla_on_one_device():
         params, tokens, segments)
 
     splash = dataclasses.replace(cfg, attention="splash")
-    mesh = mesh_lib.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    mesh = mesh_lib.make_mesh(MeshConfig(*shape))
     boxed = jax.eval_shape(lambda: Decoder(splash).init(jax.random.key(0),
                                                          jnp.zeros((1, 1), jnp.int32))["params"])
     param_shardings = sharding_lib.logical_shardings(sharding_lib.logical_specs(boxed), mesh,
