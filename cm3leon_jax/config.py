@@ -730,7 +730,8 @@ class RetrievalConfig(Section):
     num_candidates: nearest neighbours fetched from the index per query before the rules apply.
       Near-duplicates (> relevance_threshold) can fill the first dozens in a corpus with many
       similar documents; 128 left 97% of `shapes` train documents with k=2 neighbours, 32 only 51%.
-    query_dropout_seed: seed of the dropout; a document's dropout depends on it and its row only.
+    query_dropout_seed: seed of the dropout; a document's dropout depends on it and the document's id
+      only (`rules.document_id_keys`), never on batching or workers.
     neighbour_splits: splits whose documents get neighbour tables (`retrieval/neighbours.py`); the
       memory bank is always the train split, and only train queries get query dropout.
 

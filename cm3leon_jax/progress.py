@@ -25,11 +25,14 @@ class Progress:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
         self.done = 0
         self.start = self.last = time.perf_counter()
+        self._finished = False
 
     def update(self, count: int = 1) -> None:
         self.done += count
         now = time.perf_counter()
-        if now - self.last >= self.every_s or (self.total is not None and self.done >= self.total):
+        finished = self.total is not None and self.done >= self.total and not self._finished
+        if finished or now - self.last >= self.every_s:
+            self._finished = self._finished or finished
             self.last = now
             logging.info("%s", self.line())
 
@@ -39,7 +42,7 @@ class Progress:
     def line(self) -> str:
         rate = self.rate()
         text = f"{self.what}: {self.done}"
-        if self.total:
+        if self.total and self.done <= self.total:
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             text += f"/{self.total} ({100 * self.done / self.total:.0f}%)"
             text += f", {rate:.1f} {self.unit}/s, ETA {_clock(eta) if rate > 0 else '?'}"

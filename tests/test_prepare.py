@@ -185,3 +185,21 @@ def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_d
                             cwd=pathlib.Path(__file__).resolve().parent.parent)
     assert result.returncode == 1 and "PROBLEM: missing shard" in result.stdout
     assert "# Data card" in result.stdout
+
+
+def test_progress_lines_per_worker_and_worker_count(caplog):
+    """Beam commands log done/total, rate and ETA per worker process (its share of the split)."""
+    import logging
+    options = prepare.pipeline_options(("--direct_num_workers=2",
+                                        "--direct_running_mode=multi_processing"))
+    assert prepare.expected_workers(options) == 2
+    assert prepare.expected_workers(prepare.pipeline_options(())) == 1
+    assert prepare.expected_workers(prepare.pipeline_options(("--runner=DataflowRunner",))) == 0
+    report = prepare.ReportProgress("prepare: train documents", total=10, workers=2, every_s=1e9)
+    report.setup()
+    with caplog.at_level(logging.INFO):
+        passed = [out for element in range(6) for out in report.process(element)]
+    assert passed == list(range(6))
+    lines = [r.getMessage() for r in caplog.records if "prepare: train documents" in r.getMessage()]
+    assert len(lines) == 1 and "worker pid" in lines[0]  # logged once, when its share is done
+    assert "5/5 (100%)" in lines[0] and "documents/s, ETA 0:00" in lines[0]

@@ -104,3 +104,71 @@ def test_the_bank_obeys_the_data_policy_and_removals(trained, tmp_path):
     refusing.data.allowed_licenses = ("CC-BY-4.0",)
     with pytest.raises(ValueError, match="refuses every one of the 96"):
         build_index.build(refusing, copy)
+
+
+def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp_path, capsys):
+    """The Beam lookup gives identical tables with 1 and 2 DirectRunner workers (query dropout is
+    keyed by document id, every call padded to one shape), skips what the policy refuses (counted
+    by reason in the summary), and a document's neighbours do not depend on its batch."""
+    import json
+    import shutil
+    from cm3leon_jax.data import provenance, sources
+    cfg, workdir, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy)
+    cfg = cfg.copy_and_resolve_references()
+    # The 30-step encoder scores most candidates above 0.9 (near-duplicates by the default rules):
+    # without these thresholds the tables compared below would be nearly empty.
+    cfg.retrieval.update(relevance_threshold=1.0, diversity_threshold=1.0)
+    retrieval = config.retrieval_config(cfg)
+    if not (index.index_dir(retrieval, str(copy)) / index.MANIFEST).exists():
+        build_index.build(cfg, str(copy))
+    data = config.data_config(cfg)
+    validation_ids = sorted(e["id"] for e in sources.numpy_examples(data, str(copy), "validation"))
+    removed = copy / "prepared" / provenance.REMOVALS_FILE
+    removed.parent.mkdir(exist_ok=True)
+    removed.write_text(json.dumps({"ids": [validation_ids[0]], "log": []}))
+    cfg.retrieval.neighbour_splits = ("train", "validation")
+    capsys.readouterr()
+    neighbours.main(cfg, str(copy))  # DirectRunner, one worker
+    out = capsys.readouterr().out
+    assert "[neighbours] validation: 7 documents looked up, skipped {'removal request': 1}" in out
+    assert "[neighbours] train: 96 documents looked up, skipped none" in out
+    stored = results.read_metrics(str(copy))["retrieval_neighbours"]
+    assert stored["validation"]["skipped"] == {provenance.EXCLUDED_REMOVED: 1}
+    first = neighbours.NeighbourTable.load(neighbours.table_path(retrieval, str(copy), "train"))
+    assert first.document_ids == sorted(first.document_ids) and first.info["query_dropout"] > 0
+    assert (first.neighbours >= 0).all()  # k neighbours each: the comparisons below mean something
+
+    # Two workers (threads: processes give the same tables, checked by hand, but start slowly);
+    # the split's one file is fewer than the workers, so its documents are spread over both.
+    two = neighbours.run_pipeline(data, retrieval, ("--direct_num_workers=2",
+                                                    "--direct_running_mode=multi_threading"),
+                                  str(copy), ("train",))
+    second = neighbours.NeighbourTable.load(two["train"])
+    assert first.document_ids == second.document_ids
+    np.testing.assert_array_equal(first.neighbours, second.neighbours)
+
+    # The same documents in another batch composition (reversed, a batch of 3) get the same rows.
+    lookup = neighbours.LookUpNeighbours(retrieval, str(copy), "train", retrieval.query_dropout,
+                                         first.info["encoder"]["fingerprint"],
+                                         first.info["corpus_fingerprint"])
+    lookup.setup()
+    documents = {d["id"]: d for d in sources.numpy_examples(data, str(copy), "train", limit=5)}
+    ids = sorted(documents)[::-1][:3]
+    for doc_id, row in zip(ids, lookup.neighbours([documents[i] for i in ids])):
+        np.testing.assert_array_equal(row, first.neighbours[first.document_ids.index(doc_id)])
+
+
+def test_query_dropout_is_keyed_by_document_id_not_position():
+    from cm3leon_jax.retrieval import byte_tokenizer, rules
+    ids = ["shapes/train/7", "shapes/train/8", "shapes/train/9"]
+    text = byte_tokenizer.encode(["a large blue square in the centre"] * 3, 48)
+    forward = np.asarray(rules.drop_text_tokens(rules.document_id_keys(0, ids), text, 0.2))
+    backward = np.asarray(rules.drop_text_tokens(rules.document_id_keys(0, ids[::-1]), text, 0.2))
+    np.testing.assert_array_equal(forward, backward[::-1])  # same id, same dropout, any position
+    assert len({tuple(row) for row in forward}) == 3
+    other_seed = np.asarray(rules.drop_text_tokens(rules.document_id_keys(1, ids), text, 0.2))
+    assert not np.array_equal(forward, other_seed)
+    assert rules.document_hashes(ids).dtype == np.uint32
+    np.testing.assert_array_equal(rules.document_hashes(ids[:1]), rules.document_hashes(ids)[:1])

@@ -7,7 +7,9 @@
 Stages (each a Beam transform, so the same code runs on the DirectRunner here and on Dataflow,
 Flink or Spark by pipeline options; see docs/DATA.md):
 
-    read (tfds.beam.ReadFromTFDS) -> licence policy + removal list (excluded, counted by reason)
+    read (project builders: one tfrecord file per worker, decoded by tf.data in batches; tfds
+    data sets: tfds.beam.ReadFromTFDS) -> progress line (done, rate, ETA per worker)
+    -> licence policy + removal list (excluded, counted by reason)
     -> tokenize text and VQ-encode images in batches (models loaded once per worker, DoFn.setup)
     -> resolve each document's retrieved neighbours to their tokens (a CoGroupByKey join against
        the train split's kept documents: the memory bank obeys the same policy, so a refused or
@@ -22,7 +24,8 @@ matching) and unaffected by new removals is not read at all; otherwise only its 
 affected shards are rewritten (encoding is redone for the split, writing is not). Shard bytes do
 not depend on the number of workers (records are sorted by id inside a shard).
 
-Neighbour tables come from the retrieval stage (`python -m cm3leon_jax.retrieval.neighbours`); with
+Neighbour tables come from the retrieval stage (`python -m cm3leon_jax.retrieval.neighbours`, a
+Beam pipeline too, with the same `beam_options`); with
 `prepare.retrieval=auto` a split without one is prepared without retrieved documents.
 """
 
@@ -30,12 +33,16 @@ from __future__ import annotations
 
 import collections
 import json
+import math
+import os
+import threading
 import time
-from typing import Iterable, Optional
+import uuid
+from typing import Iterable, Optional, Sequence
 
 from absl import flags, logging
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from etils import epath
 import ml_collections
 import numpy as np
@@ -43,6 +50,7 @@ import tensorflow_datasets as tfds
 
 from cm3leon_jax import cli, config, results
 from cm3leon_jax.data import images, provenance, shards, sources, webdataset
+from cm3leon_jax.progress import Progress
 
 STAGE = "prepare"
 _REMOVE = flags.DEFINE_string("remove", None, "File of document ids or source URIs to remove "
@@ -56,6 +64,57 @@ def output_dir(workdir: str) -> epath.Path:
 def vocab_dir(prepare: config.PrepareConfig, workdir: str) -> epath.Path:
     # Where `tokenizers/train_all.py` saves it.
     return epath.Path(prepare.vocab_dir or epath.Path(workdir) / "tokenizers" / "vocab")
+
+
+# --------------------------------------------------------------------------------------------------
+# Beam options and progress (shared with retrieval/neighbours.py)
+# --------------------------------------------------------------------------------------------------
+
+def pipeline_options(beam_options: Sequence[str]) -> PipelineOptions:
+    """`config.prepare.beam_options` as Beam pipeline options (DirectRunner when none say)."""
+    return PipelineOptions(list(beam_options))
+
+
+def expected_workers(options: PipelineOptions) -> int:
+    """Worker processes a run will split the documents over: 1 for the DirectRunner in one process
+    (in_memory, multi_threading: its threads share one count), `direct_num_workers` processes in
+    multi_processing mode, 0 (unknown) for other runners."""
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"):
+        return 0
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        return max(1, direct.direct_num_workers or os.cpu_count() or 1)
+    return 1
+
+
+# (run id, what) -> Progress of this worker process; every thread and stage instance shares it.
+_PROGRESS: dict[tuple[str, str], Progress] = {}
+_PROGRESS_LOCK = threading.Lock()
+
+
+class ReportProgress(beam.DoFn):
+    """Pass-through that logs documents done, rate and ETA in this worker process (at most every
+    `every_s` seconds, and when its share is done). The total is the split's size when the builder
+    knows it, divided among `workers` processes (each sees about its share); with `workers` = 0
+    (unknown) the line gives done and rate only."""
+
+    def __init__(self, what: str, total: Optional[int], workers: int = 1,
+                 run_id: Optional[str] = None, every_s: float = 5.0):
+        self.what, self.total, self.workers, self.every_s = what, total, workers, every_s
+        self.run_id = run_id or uuid.uuid4().hex
+
+    def setup(self):
+        share = math.ceil(self.total / self.workers) if self.total and self.workers else None
+        what = self.what if self.workers == 1 else f"{self.what} (worker pid {os.getpid()})"
+        with _PROGRESS_LOCK:
+            self.progress = _PROGRESS.setdefault(
+                (self.run_id, self.what), Progress(what, share, "documents", self.every_s))
+
+    def process(self, element):
+        with _PROGRESS_LOCK:
+            self.progress.update(1)
+        yield element
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +153,26 @@ class ApplyPolicy(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.EXCLUDED, reason)
 
 
+# One vocabulary and VQ-GAN per worker process, shared by every split's stage and thread: each
+# ImageTokenizer jit-compiles its encoder (~1.5 s on a 2-core CPU), so three splits compiled three
+# times before.
+_MODELS: dict[tuple, tuple] = {}  # (vocab path, batch size, vocab.json stat) -> models
+_MODELS_LOCK = threading.Lock()
+
+
+def _models(vocab_path: str, batch_size: int) -> tuple:
+    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415 - heavy import, once per worker
+
+    stat = os.stat(os.path.join(vocab_path, "vocab.json")) if os.path.isdir(vocab_path) else None
+    key = (vocab_path, batch_size, stat and (stat.st_mtime_ns, stat.st_size))  # a rewritten vocab
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            vocab = Vocabulary.load(vocab_path)
+            _MODELS.clear()
+            _MODELS[key] = (vocab, vocab.image_tokenizer(batch_size))
+        return _MODELS[key]
+
+
 class EncodeDocuments(beam.DoFn):
     """Text -> sentencepiece ids, images -> VQ-GAN code ids, in batches; one model per worker."""
 
@@ -102,11 +181,7 @@ class EncodeDocuments(beam.DoFn):
         self.encoded = beam.metrics.Metrics.counter(STAGE, "documents_encoded")
 
     def setup(self):
-        from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415 - heavy import, once per worker
-
-        self.vocab = Vocabulary.load(self.vocab_path)
-        self.images = self.vocab.image_tokenizer(batch_size=self.batch_size)
-        self.started, self.count = time.perf_counter(), 0
+        self.vocab, self.images = _models(self.vocab_path, self.batch_size)
 
     def _image_ids(self, images: list[np.ndarray]) -> list[list[int]]:
         """Code ids (offset into the unified vocabulary), row-major, without <boi>/<eoi>: the
@@ -133,10 +208,6 @@ class EncodeDocuments(beam.DoFn):
                 record["edit_image"] = edit_ids[document["id"]]
             yield record
         self.encoded.inc(len(batch))
-        self.count += len(batch)
-        elapsed = time.perf_counter() - self.started
-        logging.log_every_n_seconds(logging.INFO, "encoded %d documents in this worker (%.1f/s)",
-                                    10, self.count, self.count / max(elapsed, 1e-9))
 
 
 def attach_retrieved(element) -> dict:
@@ -191,17 +262,71 @@ def _shard_items(path: str, data: config.DataConfig, split: str):
         yield ("bad file", item.reason) if isinstance(item, images.BadImage) else item
 
 
-def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str):
+# Features the later stages use (the rest, e.g. `objects`, is not even batched).
+_DOCUMENT_FEATURES = ("id", "caption", "image", "source", "license", "attribution", "questions",
+                      "edit")
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def documents_of_batch(batch: dict) -> Iterable[dict]:
+    """A tf.data batch of a project builder's examples (numpy; `questions` ragged) -> the same
+    documents `as_document` makes of one example each."""
+    questions = batch.get("questions")
+    if questions is not None:
+        asked = questions["question"].to_list()
+        answered = questions["answer"].to_list()
+    for row, doc_id in enumerate(batch["id"]):
+        document = {"id": _text(doc_id), "caption": _text(batch["caption"][row]),
+                    "image": batch["image"][row]}
+        for key in ("source", "license", "attribution"):
+            document[key] = _text(batch[key][row]) if key in batch else ""
+        if questions is not None:
+            document["questions"] = [_text(q) for q in asked[row]]
+            document["answers"] = [_text(a) for a in answered[row]]
+        if "edit" in batch:
+            document["edit_instruction"] = _text(batch["edit"]["instruction"][row])
+            document["edit_image"] = batch["edit"]["image"][row]
+        yield document
+
+
+def read_tfds_file(file_instruction, builder, batch_size: int = 256) -> Iterable[dict]:
+    """The documents of one tfrecord file of a project builder's split, decoded by tf.data in
+    batches: one tf.data element per document cost ~1.3 ms of Python each (about half of what
+    VQ-encoding its two images costs), a batch of 256 ~0.25 ms per document."""
+    from tensorflow_datasets.core import naming  # noqa: PLC0415
+
+    name = naming.FilenameInfo.from_str(file_instruction.filename)
+    dataset = builder.as_dataset(split=f"{name.split}[{name.shard_index}shard]")
+    if file_instruction.skip > 0:
+        dataset = dataset.skip(file_instruction.skip)
+    if not file_instruction.takes_all:
+        dataset = dataset.take(file_instruction.take)
+    dataset = dataset.map(lambda e: {k: e[k] for k in _DOCUMENT_FEATURES if k in e})
+    for batch in tfds.as_numpy(dataset.ragged_batch(batch_size).prefetch(1)):
+        yield from documents_of_batch(batch)
+
+
+def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str, workers: int = 1):
     """The split's documents as a PCollection; bad samples as ("bad file", reason) tuples.
 
-    Project builders and tfds data sets are read by tfds's Beam reader (one worker per tfrecord
-    file); WebDataset shards one tar per worker.
+    Project builders are read one tfrecord file per worker, decoded by tf.data in batches
+    (`read_tfds_file`); tfds data sets by tfds's Beam reader; WebDataset shards one tar per worker.
+    With fewer files than `workers` (worker processes), the documents themselves are reshuffled
+    after reading, so that encoding, the costly part, is spread over every worker.
     """
     if data.source in ("shapes", "folder"):
-        return (pipeline
-                | f"Read {split}" >> tfds.beam.ReadFromTFDS(sources.prepared_builder(data, workdir),
-                                                            split)
-                | f"Document {split}" >> beam.Map(as_document))
+        builder = sources.prepared_builder(data, workdir)
+        files = builder.info.splits[split].file_instructions
+        documents = (pipeline
+                     | f"Files {split}" >> beam.Create(files)
+                     | f"Spread files {split}" >> beam.Reshuffle()
+                     | f"Read {split}" >> beam.FlatMap(read_tfds_file, builder))
+        if len(files) < workers:
+            documents = documents | f"Spread documents {split}" >> beam.Reshuffle()
+        return documents
     if data.source == "tfds":
         tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
         return (pipeline
@@ -210,9 +335,13 @@ def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str):
                     read_config=tfds.ReadConfig(add_tfds_id=True))
                 | f"Document {split}" >> beam.Map(
                     lambda example: sources.tfds_document(data, tfds.as_numpy(example), 0, split)))
-    return (pipeline
-            | f"Shards {split}" >> beam.Create(webdataset.shard_paths(data.webdataset))
-            | f"Read {split}" >> beam.FlatMap(_shard_items, data, split))
+    paths = webdataset.shard_paths(data.webdataset)
+    documents = (pipeline
+                 | f"Shards {split}" >> beam.Create(paths)
+                 | f"Read {split}" >> beam.FlatMap(_shard_items, data, split))
+    if len(paths) < workers:
+        documents = documents | f"Spread documents {split}" >> beam.Reshuffle()
+    return documents
 
 
 def token_count(record: dict) -> int:
@@ -361,14 +490,18 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
     # The train split is the memory bank whenever any split being built has neighbours.
     need_bank = any(split in tables for split in building)
     read_splits = sorted(set(building) | ({"train"} if need_bank else set()))
-    options = PipelineOptions(list(prep.beam_options))
+    options = pipeline_options(prep.beam_options)
+    workers, run_id = expected_workers(options), uuid.uuid4().hex
     logging.info("prepare: building %s with Beam options %s",
                  {s: len(v) for s, v in building.items()}, list(prep.beam_options) or "(default)")
     with beam.Pipeline(options=options) as pipeline:
         encoded = {}
         for split in read_splits:
+            total = _split_total(data, workdir, split)
             kept, excluded = (
-                read_documents(pipeline, data, workdir, split)
+                read_documents(pipeline, data, workdir, split, workers)
+                | f"Progress {split}" >> beam.ParDo(ReportProgress(
+                    f"prepare: {split} documents", total, workers, run_id))
                 | f"Policy {split}" >> beam.ParDo(ApplyPolicy(policy)).with_outputs(
                     ApplyPolicy.EXCLUDED, main="kept"))
             if split in building:
@@ -409,6 +542,12 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
                  | f"Group {split}" >> beam.GroupByKey()
                  | f"Write {split}" >> beam.ParDo(WriteShard(str(shards.split_dir(out, split)),
                                                              prep.num_shards)))
+
+
+def _split_total(data: config.DataConfig, workdir: str, split: str) -> Optional[int]:
+    from cm3leon_jax.retrieval import corpus  # noqa: PLC0415 - split sizes for progress lines
+
+    return corpus.known_split_size(data, workdir, split)
 
 
 def write_manifest(out: epath.Path, prep: config.PrepareConfig, policy: provenance.Policy,

@@ -39,6 +39,20 @@ def split_size(data: DataConfig, workdir: str, split: str) -> int:
     return int(sources.prepared_builder(data, workdir).info.splits[split].num_examples)
 
 
+def known_split_size(data: DataConfig, workdir: str, split: str) -> Optional[int]:
+    """The split's document count where its builder knows it (the project's builders, a built tfds
+    data set), else None (WebDataset shards are not counted ahead)."""
+    if data.source in ("shapes", "folder"):
+        return split_size(data, workdir, split)
+    if data.source == "tfds":
+        try:
+            tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
+            return int(sources.builder(data, workdir).info.splits[tfds_split].num_examples)
+        except Exception:  # noqa: BLE001 - a count is only for progress lines
+            return None
+    return None
+
+
 def tokenized(data: DataConfig, workdir: str, split: str, text_max_length: int) -> tf.data.Dataset:
     """Examples as dicts: "id", "token_ids" int32 [L], "image" uint8 [S, S, 3], "has_text",
     "has_image", "source", "license"."""
@@ -68,13 +82,26 @@ def batches(data: DataConfig, workdir: str, split: str, text_max_length: int, ba
         yield batch
 
 
-def embed_batch(biencoder: BiEncoder, batch: dict, rows: np.ndarray, query_dropout: float = 0.0,
+def documents_batch(documents: list[dict], text_max_length: int) -> dict:
+    """Plain documents (the Beam pipelines' dicts: "id", "caption", "image", ...) as the numpy
+    batch `batches` yields (same token ids as its tf.data path)."""
+    return {"id": [d["id"] for d in documents],
+            "token_ids": byte_tokenizer.encode([d["caption"] for d in documents], text_max_length),
+            "image": np.stack([d["image"] for d in documents]),
+            "has_text": np.asarray([len(d["caption"]) > 0 for d in documents]),
+            "has_image": np.asarray([bool(d.get("has_image", True)) for d in documents]),
+            "source": [d.get("source", "") for d in documents],
+            "license": [d.get("license", "") for d in documents]}
+
+
+def embed_batch(biencoder: BiEncoder, batch: dict, query_dropout: float = 0.0,
                 dropout_seed: int = 0) -> np.ndarray:
     """Document embeddings of one batch; with `query_dropout` > 0 its rules' dropout is applied,
-    keyed by each document's row so the result does not depend on the batching."""
+    keyed by each document's id (`rules.document_id_keys`), so the result depends neither on the
+    batching nor on the document's position in the split."""
     token_ids, keep = batch["token_ids"], None
     if query_dropout > 0:
-        keys = rules.document_keys(dropout_seed, rows)
+        keys = rules.document_id_keys(dropout_seed, batch["id"])
         token_ids = rules.drop_text_tokens(keys, token_ids, query_dropout)
         keep = rules.patch_keep_masks(keys, biencoder.arch.num_patches, query_dropout)
     return biencoder.embed_documents(token_ids, batch["image"], batch["has_text"],
@@ -99,8 +126,7 @@ def embed_split(biencoder: BiEncoder, data: DataConfig, workdir: str, split: str
     ids: list[str] = []
     embeddings, multimodal, origins = [], [], []
     for batch in batches(data, workdir, split, biencoder.arch.text_max_length, batch_size):
-        rows = np.arange(len(ids), len(ids) + len(batch["id"]))
-        embeddings.append(embed_batch(biencoder, batch, rows, query_dropout, dropout_seed))
+        embeddings.append(embed_batch(biencoder, batch, query_dropout, dropout_seed))
         multimodal.append(batch["has_text"] & batch["has_image"])
         ids.extend(batch["id"])
         origins.extend({"source": source, "license": license_}

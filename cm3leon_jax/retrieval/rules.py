@@ -18,13 +18,16 @@ rules do not depend on how approximate the index's own scores are.
 Query dropout (training only): before a training document is embedded as a query, 20% of its tokens
 are dropped (`drop_text_tokens`: that share of the caption's bytes, the rest moved up so the text
 stays contiguous; `patch_keep_masks`: that share of the image's ViT patches, removed from attention).
-Each document's dropout depends only on (seed, its row), so results do not depend on batching.
+Each document's dropout depends only on (seed, its document id) (`document_id_keys`: a sha256 of
+the id, never its position), so results depend neither on batching nor on workers or split order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -102,9 +105,26 @@ def select_neighbours(query_embeddings: np.ndarray, candidate_rows: np.ndarray,
 # --------------------------------------------------------------------------------------------------
 
 def document_keys(seed: int, rows: np.ndarray) -> jax.Array:
-    """One PRNG key per document, from the seed and the document's row only."""
+    """One PRNG key per document, from the seed and one integer per document only (`rows`: any
+    uint32 values; `document_id_keys` derives them from the ids)."""
     base = jax.random.key(seed)
     return jax.vmap(lambda row: jax.random.fold_in(base, row))(jnp.asarray(rows, jnp.uint32))
+
+
+def document_hashes(document_ids: Sequence[str]) -> np.ndarray:
+    """uint32 [N, 2]: the first 64 bits of sha256(id) per document, stable across processes and
+    Python versions (unlike `hash`)."""
+    return np.asarray([np.frombuffer(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8],
+                                     np.uint32) for doc_id in document_ids],
+                      np.uint32).reshape(-1, 2)
+
+
+def document_id_keys(seed: int, document_ids: Sequence[str]) -> jax.Array:
+    """One PRNG key per document from the seed and its id only: the query dropout of a document
+    is the same whatever batch, worker or split position it comes in."""
+    hashes = jnp.asarray(document_hashes(document_ids))
+    base = jax.random.key(seed)
+    return jax.vmap(lambda h: jax.random.fold_in(jax.random.fold_in(base, h[0]), h[1]))(hashes)
 
 
 def _drop_count(count: jax.Array, rate: float) -> jax.Array:
@@ -116,7 +136,7 @@ def drop_text_tokens(keys: jax.Array, token_ids: jax.Array, rate: float) -> jax.
     """Byte-tokenizer ids [batch, length] with floor(rate x bytes) bytes of each row dropped.
 
     BOS/EOS stay; the kept tokens keep their order and move up, the tail is PAD. `keys` holds one
-    PRNG key per row (see `document_keys`).
+    PRNG key per row (see `document_id_keys`).
     """
     droppable = (token_ids >= 0) & (token_ids < byte_tokenizer.BYTE_VALUES)
 
