@@ -9,6 +9,9 @@
         --instruction "make the circle green" --out edited.png
     python -m cm3leon_jax.generate --workdir W --task infill \\
         --prompt "a <mask> circle at the top left"
+    python -m cm3leon_jax.generate --workdir W --task text2image --upscale \\
+        --prompt "a red circle at the top left" --out grid.png
+    python -m cm3leon_jax.generate --workdir W --task upscale --image x.png --out up.png
 
 The model is W/sft when it has a checkpoint, else W/pretrain (`--stage` chooses); its config comes
 from the checkpoint (or `--config experiments/<file>.py`), the vocabulary from
@@ -23,6 +26,14 @@ Images are written as one PNG grid (`--out`, default W/generated/<task>.png): N 
 (reranked by the retrieval encoder's text-image score when W has one, else by the model's mean
 log-probability), each labelled with the prompt and its score; editing shows the source image first.
 Text results are printed, one line per sample; `--json` prints one JSON object instead.
+
+Super-resolution (`python -m cm3leon_jax.superres` trains it into W/superres, or
+`--upsampler DIR`): `--upscale` runs text-to-image at base resolution, then the upsampler on each
+sample's codes (refused, with the reason, when the upsampler was trained on another base VQ-GAN);
+the grid shows each base image next to its upscaled one. `--task upscale --image x.png` needs no
+base model: the image is resized to base resolution, encoded with the upsampler's low-res VQ-GAN,
+its high-res codes generated (exactly h*w, constrained; greedy unless `--temperature`) and decoded
+with the high-res VQ-GAN; the grid shows the input, bicubic and the upsampler's output.
 
 Sampling defaults per task: images temperature 1, top-p 1, CFG scale 3 (the paper's alpha ~ 3),
 4 samples; text greedy (temperature 0), 1 sample. Every flag overrides them.
@@ -42,8 +53,8 @@ from absl import app, flags, logging
 # optional: by default the model's config is the one saved in its checkpoint.
 from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
 
-TASKS = ("text2image", "caption", "vqa", "edit", "infill")
-IMAGE_TASKS = ("text2image", "edit")
+TASKS = ("text2image", "caption", "vqa", "edit", "infill", "upscale")
+IMAGE_TASKS = ("text2image", "edit", "upscale")
 
 FLAGS = flags.FLAGS
 _TASK = flags.DEFINE_enum("task", "text2image", TASKS, "What to generate.")
@@ -72,6 +83,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed (the same seed gives the sa
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Text tasks: longest output.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Rows per compiled decoding call.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every result.")
+_UPSCALE = flags.DEFINE_bool("upscale", False,
+                             "text2image: upsample each image with the super-resolution stage.")
+_UPSAMPLER = flags.DEFINE_string("upsampler", None,
+                                 "--upscale / --task upscale: the superres run directory (or a "
+                                 "workdir holding superres/); default W.")
 
 
 class UsageProblem(ValueError):
@@ -90,6 +106,11 @@ def sampling_from_flags(task: str):
     image = task in IMAGE_TASKS
     temperature = _TEMPERATURE.value if _TEMPERATURE.value is not None else (1.0 if image
                                                                              else 0.0)
+    if task == "upscale":  # the upsampler has no unconditional stream; greedy by default
+        if (_CFG_SCALE.value not in (None, 1.0)) or _CD_K.value:
+            raise UsageProblem("--cfg_scale / --cd_k do not apply to --task upscale")
+        return SamplingConfig(temperature=_TEMPERATURE.value or 0.0, top_k=_TOP_K.value,
+                              top_p=_TOP_P.value).check()
     cfg_scale = _CFG_SCALE.value if _CFG_SCALE.value is not None else (3.0 if image else 1.0)
     if not image and (cfg_scale != 1.0 or _CD_K.value):
         raise UsageProblem(f"--cfg_scale / --cd_k guide image tokens; --task {task} writes text")
@@ -103,6 +124,34 @@ def _read_image(path: str, size: int):
     return images.read(path, size)[None]
 
 
+def _upsampler(workdir: str):
+    from cm3leon_jax.upsampler import Upsampler  # noqa: PLC0415
+
+    return Upsampler.from_workdir(_UPSAMPLER.value or workdir, batch_size=_BATCH_SIZE.value)
+
+
+def run_upscale(workdir: str) -> dict:
+    """--task upscale: any image -> base resolution -> low codes -> high codes -> high image."""
+    from cm3leon_jax import image_metrics, visualize  # noqa: PLC0415
+    from cm3leon_jax.data import images as images_lib  # noqa: PLC0415
+
+    path = _require(_IMAGE.value, "image", "upscale")
+    sampling = sampling_from_flags("upscale")
+    upsampler = _upsampler(workdir)
+    source = images_lib.read(path, upsampler.meta.low_image_size)[None]
+    captions = [_PROMPT.value] if _PROMPT.value else None
+    upscaled = upsampler.upsample_images(source, captions, sampling=sampling, seed=_SEED.value)
+    size = upsampler.meta.high_image_size
+    out = _OUT.value or os.path.join(workdir, "generated", "upscale.png")
+    visualize.save_grid(out, [source[0], image_metrics.bicubic(source, size)[0], upscaled[0]],
+                        [f"input resized to {source.shape[1]}px", f"bicubic {size}px",
+                         f"upsampler {size}px"], columns=3)
+    return {"task": "upscale", "workdir": workdir, "stage": "superres",
+            "step": upsampler.step, "image": path, "out": out, "sampling": sampling.__dict__,
+            "seed": _SEED.value, "image_size": list(upscaled.shape[1:3]), "scores": [],
+            "score_name": "none", "retrieved": 0}
+
+
 def run(workdir: str, task: str) -> dict:
     """Runs one request from the flags; returns what `--json` prints."""
     import numpy as np  # noqa: PLC0415
@@ -110,6 +159,11 @@ def run(workdir: str, task: str) -> dict:
     from cm3leon_jax import visualize  # noqa: PLC0415
     from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
 
+    if task == "upscale":
+        return run_upscale(workdir)
+    if _UPSCALE.value and task != "text2image":
+        raise UsageProblem("--upscale applies to --task text2image (use --task upscale --image "
+                           "for an image file)")
     sampling = sampling_from_flags(task)
     image_task = task in IMAGE_TASKS
     num_samples = _NUM_SAMPLES.value or (4 if image_task else 1)
@@ -123,6 +177,10 @@ def run(workdir: str, task: str) -> dict:
     generator = Generator.from_workdir(workdir, stage=_STAGE.value, cfg=FLAGS.config,
                                        retrieval=retrieval is not False,
                                        batch_size=_BATCH_SIZE.value)
+    upsampler = None
+    if _UPSCALE.value:
+        upsampler = _upsampler(workdir)
+        upsampler.check_base(generator.vocab)  # before spending time on the base images
     report = {"task": task, "workdir": workdir, "stage": generator.stage, "step": generator.step,
               "sampling": sampling.__dict__, "seed": _SEED.value, "num_samples": num_samples}
     source = None
@@ -156,6 +214,14 @@ def run(workdir: str, task: str) -> dict:
         texts = [f"{label} | #{i + 1} {result.score_name} {score:.3f}"
                  for i, score in enumerate(result.scores)]
         images = list(result.images)
+        if upsampler is not None:
+            high = upsampler.upsample_codes(result.codes, [_PROMPT.value] * len(result.codes),
+                                            seed=_SEED.value)
+            upscaled = upsampler.decode(high)
+            images = [tile for pair in zip(images, upscaled) for tile in pair]
+            texts = [t for text in texts for t in (text, f"upscaled {upscaled.shape[1]}px")]
+            report.update(upscaled_codes=high.tolist(), upscaled_size=list(upscaled.shape[1:3]),
+                          upsampler_step=upsampler.step)
         if source is not None:
             images, texts = [source[0]] + images, ["source image"] + texts
         visualize.save_grid(out, images, texts, columns=min(len(images), 4))
@@ -175,6 +241,10 @@ def _print(report: dict) -> None:
         print(json.dumps(report))
         return
     where = f"[{report['stage']} step {report['step']}]"
+    if report["task"] == "upscale":
+        print(f"{where} wrote the {report['image_size'][0]}px upscaled image (next to the input "
+              f"and bicubic) to {report['out']}")
+        return
     if report["task"] in IMAGE_TASKS:
         scores = ", ".join(f"{s:.3f}" for s in report["scores"])
         print(f"{where} wrote {len(report['scores'])} image(s) to {report['out']} "
