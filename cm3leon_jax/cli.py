@@ -25,6 +25,7 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from cm3leon_jax import compilation_cache
 from cm3leon_jax.config import ConfigError
 from cm3leon_jax.parallel import distributed
 
@@ -57,6 +58,7 @@ def run(main: Main, default_config: Optional[str] = None, require_workdir: bool 
             raise app.UsageError("--workdir is required")
         # Multi-host (TPU pod, or CPU processes with --coordinator_address): before any device use.
         distributed.initialize_if_needed()
+        compilation_cache.enable()
         try:
             main(_CONFIG.value, _WORKDIR.value)
         except ConfigError as error:

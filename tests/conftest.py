@@ -2,15 +2,26 @@
 
 Eight fake CPU devices (big_vision's trick) so sharding logic runs on meshes such as (2, 2, 2) on
 one machine. This must happen before jax is imported anywhere, hence here.
+
+One persistent XLA compilation cache per test session (`cm3leon_jax.compilation_cache`), shared by
+the test process and the entry points the tests start as subprocesses: the same train step,
+VQ-GAN step or decode loop compiled again (a resumed run, a second process) is loaded instead.
+It lives in a temporary directory, never the user's cache.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("CM3LEON_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="cm3leon_jax_tests_xla_"))
 
 import pytest  # noqa: E402
+
+from cm3leon_jax import compilation_cache  # noqa: E402
+
+compilation_cache.enable()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cm3leon_jax import cli, config, results
+from cm3leon_jax import cli, compilation_cache, config, results
 from cm3leon_jax.data import images, provenance, shards, sources, webdataset
 from cm3leon_jax.progress import Progress
 
@@ -181,6 +181,7 @@ class EncodeDocuments(beam.DoFn):
         self.encoded = beam.metrics.Metrics.counter(STAGE, "documents_encoded")
 
     def setup(self):
+        compilation_cache.enable()  # a new worker process loads the encoder instead of compiling
         self.vocab, self.images = _models(self.vocab_path, self.batch_size)
 
     def _image_ids(self, images: list[np.ndarray]) -> list[list[int]]:

@@ -44,7 +44,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, config, results
+from cm3leon_jax import cli, compilation_cache, config, results
 from cm3leon_jax.progress import Progress
 from cm3leon_jax.retrieval import corpus, encoder, index, rules
 
@@ -188,6 +188,7 @@ class LookUpNeighbours(beam.DoFn):
         self.looked_up = beam.metrics.Metrics.counter(STAGE, f"{split}_documents")
 
     def setup(self):
+        compilation_cache.enable()
         self.biencoder, self.bank = _load_models(self.retrieval, self.workdir,
                                                  self.encoder_fingerprint, self.corpus_fingerprint)
         self.selection = rules.Rules.from_config(self.retrieval)
