@@ -77,7 +77,7 @@ def test_training_lowers_loss_and_writes_metrics(tmp_path):
     assert log[30]["loss"] < log[1]["loss"] - 0.3
     figures = results.read_metrics(str(tmp_path))["toy"]
     assert figures["steps"] == 30 and figures["eval"]["validation"]["loss"] > 0
-    assert "even/loss" in log[30] and log[30]["tokens_per_s"] > 0 and 0 < log[30]["mfu"]
+    assert "even/loss" in log[30] and log[30]["tokens_per_s"] > 0 and 0 < log[30]["mfu"] < 1
     # Batch and params live on the 8-device mesh as the shardings say.
     assert len(out["state"].params["embed"].sharding.device_set) == jax.device_count()
 
