@@ -6,10 +6,9 @@ For each model shape (`tiny`: d=64, 2 layers, 4 heads, vocab 1,024; `cm3leon`: d
 8 heads, vocab 8,192, the cm3leon preset) and batch (1, 16), on CPU, float32:
 
 * ours: `cm3leon_jax.generation.decode.decode` (prefill + `lax.while_loop`, one token per step,
-  top-p 0.9 sampling at temperature 1, no stop token so every row writes exactly N tokens), with
-  the decode-layout cache of `generation/cached_forward.py`;
-* ours, `forward="decoder"` (the cm3leon shape only): the same loop on `models/decoder.py`'s own
-  KV cache, to show what the cache layout costs (see cached_forward.py's docstring);
+  top-p 0.9 sampling at temperature 1, no stop token so every row writes exactly N tokens):
+  `Decoder(cfg).apply(..., cache=...)` with `models/kv_cache.py`'s per-layer cache, the weights
+  unstacked once beforehand (`kv_cache.unstack_layers`, as `Generator` holds them);
 * torch: `transformers.OPTForCausalLM` (`enable_bias=False`, `layer_norm_elementwise_affine=False`,
   the CM3leon preset's architecture) holding *the same weights* (our params mapped onto OPT's state
   dict; OPT's learned positions have an offset of 2, so our row p is its row p + 2; the script
@@ -18,8 +17,9 @@ For each model shape (`tiny`: d=64, 2 layers, 4 heads, vocab 1,024; `cm3leon`: d
   2-core machine 2 threads made torch 8-17x slower, OpenMP spinning against the other jobs, so
   the faster setting is the baseline);
 * bfloat16 (the cm3leon shape): the same weights rounded to bfloat16 on both sides (our
-  `dtype=param_dtype=bfloat16`: bfloat16 matmuls accumulating in float32; torch's model
-  `.to(torch.bfloat16)`): half the bytes per step, and this CPU has AMX;
+  `dtype=param_dtype=bfloat16`: bfloat16 matmuls accumulating in float32, the KV cache in
+  float32 on CPU (`kv_cache.cache_dtype`); torch's model
+  `.to(torch.bfloat16)`): half the weight bytes per step, and this CPU has AMX;
 * the memory-bandwidth bound: a decode step must read every weight once (shared by the batch)
   plus each row's keys and values; with the machine's read bandwidth measured here (jitted and
   numpy sums over a 256 MiB float32 array, best of several), tokens/s <= batch * bandwidth / bytes
@@ -49,6 +49,7 @@ import numpy as np
 from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.generation import constraints, decode
 from cm3leon_jax.generation.sampling import SamplingConfig
+from cm3leon_jax.models.kv_cache import cache_dtype, unstack_layers
 from cm3leon_jax.models.decoder import Decoder, init_params
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "decode.json")
@@ -100,20 +101,23 @@ def bytes_per_step(cfg: ModelConfig, params, batch: int, new_tokens: int) -> flo
     weights -= params["embed_positions"]["embedding"].size * itemsize
     mean_slots = PROMPT_LEN + (new_tokens + 1) / 2
     kv = (2 * cfg.num_layers * batch * mean_slots * cfg.kv_heads * cfg.resolved_head_dim
-          * jnp.dtype(cfg.dtype).itemsize)
+          * jnp.dtype(cache_dtype(cfg)).itemsize)
     return float(weights + kv)
 
 
 # ------------------------------------------------------------------------------- ours -----
 
-def ours_runner(cfg: ModelConfig, params, prompts: np.ndarray, new_tokens: int, forward: str):
+def ours_runner(cfg: ModelConfig, params, prompts: np.ndarray, new_tokens: int):
     allowed = constraints.unconstrained(cfg.vocab_size)
     settings = SamplingConfig(temperature=1.0, top_p=TOP_P)
+    # Per-layer weights once, as `Generator` holds them (torch's model has them that way too);
+    # otherwise every call would first copy the scanned stack.
+    params, cfg = unstack_layers(params, cfg)
 
     def run(seed: int) -> np.ndarray:
         out = decode.decode(params, cfg, list(prompts), max_new_tokens=new_tokens,
                             constraints=allowed, sampling=settings, seed=seed,
-                            batch_size=len(prompts), forward=forward)
+                            batch_size=len(prompts))
         assert out.tokens.shape == (len(prompts), new_tokens)
         return out.tokens
 
@@ -218,7 +222,7 @@ def timed(runners: dict, tokens: int, repeats: int) -> tuple[dict, dict]:
 
 
 def bench_shape(shape: str, new_tokens: int, batches: tuple[int, ...], repeats: int,
-                bandwidth: float, with_decoder_path: bool, torch_threads: tuple[int, ...],
+                bandwidth: float, torch_threads: tuple[int, ...],
                 with_bfloat16: bool) -> dict:
     import torch  # noqa: PLC0415
 
@@ -238,14 +242,11 @@ def bench_shape(shape: str, new_tokens: int, batches: tuple[int, ...], repeats: 
                "new_tokens": new_tokens, "prompt_tokens": PROMPT_LEN, "batches": {}}
     for batch in batches:
         prompts = rng.integers(3, cfg.vocab_size, size=(batch, PROMPT_LEN)).astype(np.int32)
-        runners = {"ours": ours_runner(cfg, params, prompts, new_tokens, "cached")}
-        if with_decoder_path:
-            runners["ours_models_kv_cache"] = ours_runner(cfg, params, prompts, new_tokens,
-                                                          "decoder")
+        runners = {"ours": ours_runner(cfg, params, prompts, new_tokens)}
         for threads in torch_threads:
             runners[f"torch_{threads}_thread"] = torch_runner(model, prompts, new_tokens, threads)
         if with_bfloat16:
-            runners["ours_bf16"] = ours_runner(cfg16, params16, prompts, new_tokens, "cached")
+            runners["ours_bf16"] = ours_runner(cfg16, params16, prompts, new_tokens)
             runners["torch_bf16_1_thread"] = torch_runner(model16, prompts, new_tokens, 1)
         load_before = load_average()
         rates, cpu_rates = timed(runners, batch * new_tokens, repeats)
@@ -268,6 +269,9 @@ def bench_shape(shape: str, new_tokens: int, batches: tuple[int, ...], repeats: 
             bound16 = batch * bandwidth / bytes_per_step(cfg16, params16, batch, new_tokens)
             figures["batches"][str(batch)]["bfloat16"] = {
                 "ours_over_torch": round(rates["ours_bf16"] / rates["torch_bf16_1_thread"], 2),
+                "ours_bf16_over_torch_float32": round(rates["ours_bf16"] / torch_best, 2),
+                "ours_bf16_over_torch_float32_cpu_time": round(
+                    cpu_rates["ours_bf16"] / cpu_rates[torch_name], 2),
                 "ours_over_torch_cpu_time": round(cpu_rates["ours_bf16"]
                                                   / cpu_rates["torch_bf16_1_thread"], 2),
                 "bandwidth_bound_tokens_per_second": round(bound16, 1),
@@ -306,7 +310,6 @@ def main() -> None:
     for shape in args.shapes.split(","):
         tokens = args.tiny_tokens if shape == "tiny" else args.cm3leon_tokens
         results["shapes"][shape] = bench_shape(shape, tokens, (1, 16), args.repeats, bandwidth,
-                                               with_decoder_path=shape == "cm3leon",
                                                torch_threads=threads,
                                                with_bfloat16=shape == "cm3leon")
     results["machine"]["load_average_1min_at_end"] = load_average()

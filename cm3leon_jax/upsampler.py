@@ -49,6 +49,7 @@ from etils import epath
 import numpy as np
 
 from cm3leon_jax.generation.sampling import SamplingConfig
+from cm3leon_jax.models import kv_cache
 
 RUN_DIR = "superres"  # the stage's run directory inside a project workdir
 EXPORT_DIR = "upsampler"  # inside the run directory
@@ -286,7 +287,9 @@ class Upsampler:
 
     def __init__(self, params, model_cfg, vocab: UpsamplerVocab, meta: UpsamplerMeta,
                  directory, batch_size: int = 16, step: Optional[int] = None):
-        self.params, self.model_cfg, self.vocab, self.meta = params, model_cfg, vocab, meta
+        self.vocab, self.meta = vocab, meta
+        # Per-layer weights once, not sliced out of the scanned stack at every decode call.
+        self.params, self.model_cfg = kv_cache.unstack_layers(params, model_cfg)
         self.directory = epath.Path(directory)
         self.batch_size, self.step = batch_size, step
         self._tokenizers: dict = {}

@@ -1,10 +1,11 @@
-"""Decoding: filters against numpy, the cached forward against the Decoder, greedy decoding against
+"""Decoding: filters against numpy, the cached Decoder against its full forward, greedy decoding against
 the full forward pass, CFG / CD-K against their definitions, modality constraints on many random
 samples, seeds, prompts in the trained layouts, reranking, and the command line on a tiny project.
 
 Tiny random models only (d_model 32-64, 2 layers); the whole file runs in about a minute on CPU.
 """
 
+import functools
 import json
 import pathlib
 import subprocess
@@ -18,10 +19,11 @@ import pytest
 
 from cm3leon_jax.config import ModelConfig, SFTConfig, TextTokenizerConfig, TrainConfig
 from cm3leon_jax.data import layout, sft_tasks
-from cm3leon_jax.generation import cached_forward, constraints, decode, generator, guidance
+from cm3leon_jax.generation import constraints, decode, generator, guidance
 from cm3leon_jax.generation import prompts, rerank, sampling
 from cm3leon_jax.generation.sampling import SamplingConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
+from cm3leon_jax.models import kv_cache
 from cm3leon_jax.models.kv_cache import init_cache
 from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Vocabulary
@@ -134,44 +136,42 @@ def test_cfg_formula_and_scale_one():
 
 @pytest.mark.parametrize("preset,scan,swin", [("cm3leon", True, False),
                                               ("chameleon", False, True)])
-def test_cached_forward_matches_decoder(preset, scan, swin):
+def test_decoder_with_cache_matches_full_forward_and_unstacked_layers(preset, scan, swin):
+    """Prefill with left padding then single tokens: the cached Decoder gives the full forward's
+    logits, and `kv_cache.unstack_layers` (what the decode loop runs) gives the same."""
     cfg = _model(preset, scan_layers=scan, swin_norm=swin)
     params = init_params(cfg, jax.random.key(0))
-    tokens = jax.random.randint(jax.random.key(1), (3, 7), 1, cfg.vocab_size)
-    segments = jnp.asarray([[0, 0, 1, 1, 1, 1, 1], [1] * 7, [0] * 6 + [1]])
-    model = Decoder(cfg)
+    unstacked, unstacked_cfg = kv_cache.unstack_layers(params, cfg)
+    assert not unstacked_cfg.scan_layers and ("layers" in params) == scan
+    tokens = jax.random.randint(jax.random.key(1), (3, 9), 1, cfg.vocab_size)
+    segments = jnp.asarray([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 9, [0] * 6 + [1] * 3])
 
-    @jax.jit
-    def both(tokens, segments):
-        ref, ref_cache = model.apply({"params": params}, tokens, segments, None,
-                                     cache=init_cache(cfg, 3, 12))
-        got, cache = cached_forward.forward(params, cfg, tokens,
-                                            cached_forward.init_decode_cache(cfg, 3, 12), segments)
-        refs, gots = [ref], [got]
-        for step in range(2):  # then one token at a time
-            token = jax.random.randint(jax.random.key(10 + step), (3, 1), 1, cfg.vocab_size)
-            ref, ref_cache = model.apply({"params": params}, token, cache=ref_cache)
-            got, cache = cached_forward.forward(params, cfg, token, cache)
-            refs.append(ref)
-            gots.append(got)
-        return refs, gots
+    @functools.partial(jax.jit, static_argnames="cfg")
+    def cached(params, tokens, segments, *, cfg):
+        model, out = Decoder(cfg), []
+        logits, cache = model.apply({"params": params}, tokens[:, :7], segments[:, :7],
+                                    cache=init_cache(cfg, 3, 12))
+        out.append(logits)
+        for t in (7, 8):  # then one token at a time
+            logits, cache = model.apply({"params": params}, tokens[:, t:t + 1], cache=cache)
+            out.append(logits)
+        return jnp.concatenate(out, axis=1)
 
-    refs, gots = both(tokens, segments)
+    full = Decoder(cfg).apply({"params": params}, tokens, segments)
     real = np.asarray(segments)[..., None] > 0
-    np.testing.assert_allclose(np.asarray(gots[0]) * real, np.asarray(refs[0]) * real, atol=2e-5)
-    for ref, got in zip(refs[1:], gots[1:]):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-5)
+    for got in (cached(params, tokens, segments, cfg=cfg),
+                cached(unstacked, tokens, segments, cfg=unstacked_cfg)):
+        np.testing.assert_allclose(np.asarray(got) * real, np.asarray(full) * real, atol=2e-5)
 
 
-@pytest.mark.parametrize("forward", ["cached", "decoder"])
-def test_greedy_decode_equals_argmax_of_full_forward(forward):
+def test_greedy_decode_equals_argmax_of_full_forward():
     cfg = _model()
     params = init_params(cfg, jax.random.key(2))
     rng = np.random.default_rng(0)
     prompts_ = [rng.integers(1, cfg.vocab_size, size=n).astype(np.int32) for n in (5, 11, 2)]
     out = decode.decode(params, cfg, prompts_, max_new_tokens=20,
                         constraints=constraints.unconstrained(cfg.vocab_size),
-                        sampling=SamplingConfig(temperature=0.0), batch_size=2, forward=forward)
+                        sampling=SamplingConfig(temperature=0.0), batch_size=2)
     assert out.tokens.shape == (3, 20) and out.lengths.tolist() == [20] * 3
     # One full forward pass over all rows, right-padded (segment 0 on the padding).
     rows = [np.concatenate([p, g]) for p, g in zip(prompts_, out.tokens)]

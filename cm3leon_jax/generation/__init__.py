@@ -2,8 +2,8 @@
 
 Read in this order: `sampling.py` (temperature / top-k / top-p / the draw), `constraints.py`
 (which ids each position may take: exactly h*w image codes then `<eoi>`, no codes in text),
-`guidance.py` (classifier-free guidance, contrastive decoding TopK), `cached_forward.py` (the
-decoder's forward with a decode-friendly KV cache), `decode.py` (the jit-compiled
+`guidance.py` (classifier-free guidance, contrastive decoding TopK), `models/kv_cache.py` (the
+decode cache the decoder itself reads and writes), `decode.py` (the jit-compiled
 `lax.while_loop` that puts them together), `prompts.py` (task prompts in the trained layouts),
 `retrieval.py` (retrieved documents before the prompt), `rerank.py` (best of N by CLIP score),
 `generator.py` (tasks on strings and images; `Generator.from_workdir`). The command line is

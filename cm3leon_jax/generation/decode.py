@@ -13,10 +13,10 @@ How one batch runs (`_decode_batch`, compiled once per shape and static setting)
    lengths share a compilation). Padding gets segment id 0 and real tokens segment 1, so no real
    token attends to padding, and the decoder's positions restart at 0 where the segment starts:
    every row sees positions 0.. exactly as in training, whatever its padding.
-2. Prefill: one decoder call writes the whole [rows, P] prompt into a fixed-size KV cache of
-   P + max_new_tokens slots and gives the logits of the next token. The forward pass is
-   `cached_forward.forward` (the decoder's modules with a decode-friendly cache layout, tested
-   equal to `Decoder`); `forward="decoder"` runs `Decoder` with `models/kv_cache.py` instead.
+2. Prefill: one `Decoder` call writes the whole [rows, P] prompt into a fixed-size KV cache
+   (`models/kv_cache.py`) of P + max_new_tokens slots and gives the logits of the next token.
+   Scanned layers are unstacked once before (`kv_cache.unstack_layers`), so each step reads plain
+   per-layer weights and updates per-layer cache arrays in place.
 3. `lax.while_loop`, one token per iteration, until every row has stopped or max_new_tokens:
    mask the logits (`constraints.py`), guide them at image-code positions (`guidance.py`: CFG
    with the unconditional rows, CD-K), sample (`sampling.py`), write the token into the fixed
@@ -46,16 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm3leon_jax.config import ModelConfig
-from cm3leon_jax.generation import cached_forward, guidance
+from cm3leon_jax.generation import guidance
 from cm3leon_jax.generation import constraints as constraints_lib
 from cm3leon_jax.generation import sampling as sampling_lib
 from cm3leon_jax.generation.constraints import Constraints
 from cm3leon_jax.generation.sampling import NEG_INF, SamplingConfig
 from cm3leon_jax.models.decoder import Decoder
-from cm3leon_jax.models.kv_cache import init_cache
+from cm3leon_jax.models import kv_cache
 
 PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple of this (fewer compilations)
-FORWARDS = ("cached", "decoder")
 
 
 @dataclasses.dataclass
@@ -81,7 +80,6 @@ class _Static:
     start_in_image: bool
     max_new_tokens: int
     pad_id: int
-    forward: str  # "cached" (cached_forward.py) or "decoder" (models/decoder.py's KV cache)
 
 
 def _step_logits(logits, image_left, constraints: Constraints, static: _Static, knobs, batch):
@@ -125,19 +123,12 @@ def _decode_batch(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, k
     steps = static.max_new_tokens
     segments = (jnp.arange(prompt_len)[None, :] >= (prompt_len - prompt_lengths)[:, None]
                 ).astype(jnp.int32)
-    if static.forward == "decoder":
-        model = Decoder(model_cfg)
-        cache = init_cache(model_cfg, rows, prompt_len + steps)
+    model = Decoder(model_cfg)
+    cache = kv_cache.init_cache(model_cfg, rows, prompt_len + steps)
 
-        def run(tokens, cache, segment_ids=None):
-            return model.apply({"params": params}, tokens, segment_ids, None, cache=cache)
-    else:
-        layers = cached_forward.layer_params(params, model_cfg)
-        cache = cached_forward.init_decode_cache(model_cfg, rows, prompt_len + steps)
-
-        def run(tokens, cache, segment_ids=None):
-            return cached_forward.forward(params, model_cfg, tokens, cache, segment_ids,
-                                          last_only=True, layers=layers)
+    def run(tokens, cache, segment_ids=None):
+        return model.apply({"params": params}, tokens, segment_ids, None, cache=cache,
+                           last_only=True)
 
     logits, cache = run(prompt_tokens, cache, segments)
     state = dict(
@@ -173,11 +164,11 @@ def _decode_batch(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, k
 
 
 def _static_for(sampling: SamplingConfig, two_streams: bool, start_in_image: bool,
-                max_new_tokens: int, pad_id: int, forward: str) -> _Static:
+                max_new_tokens: int, pad_id: int) -> _Static:
     return _Static(greedy=sampling.temperature == 0, top_k=sampling.top_k,
                    use_top_p=sampling.top_p < 1.0, two_streams=two_streams,
                    cd_k=sampling.cd_k if two_streams else 0, start_in_image=start_in_image,
-                   max_new_tokens=max_new_tokens, pad_id=pad_id, forward=forward)
+                   max_new_tokens=max_new_tokens, pad_id=pad_id)
 
 
 def _knobs(sampling: SamplingConfig) -> dict:
@@ -210,7 +201,7 @@ def decode(params, model_cfg: ModelConfig, prompts: Sequence[np.ndarray], *,
            sampling: SamplingConfig = SamplingConfig(),
            uncond_prompts: Optional[Sequence[np.ndarray]] = None, seed: int = 0,
            start_in_image: bool = False, batch_size: int = 16, pad_id: int = 0,
-           forward: str = "cached", force_unconditional: bool = False) -> DecodeOutput:
+           force_unconditional: bool = False) -> DecodeOutput:
     """Generates up to `max_new_tokens` after each prompt (see the module docstring).
 
     prompts: 1-D int id arrays (any lengths, each non-empty). uncond_prompts: the same number of
@@ -218,14 +209,12 @@ def decode(params, model_cfg: ModelConfig, prompts: Sequence[np.ndarray], *,
     start_in_image: the prompts end with `<boi>`: the first generated token is an image code.
     batch_size: conditional rows per compiled call (the last batch is filled with copies of the
       first prompt, so every call has the same shape).
-    forward: "cached" (`cached_forward.py`, the fast decode layout) or "decoder" (`Decoder` with
-      `models/kv_cache.py`: the reference; same tokens, slower on CPU, see `cached_forward`).
+    params: scanned (`layers/...`) or unscanned; repeated callers pass
+      `kv_cache.unstack_layers(params, model_cfg)` to skip a per-call copy of the weights.
     force_unconditional: run the unconditional stream (and the CFG arithmetic) even when
       `sampling` does not need it (cfg_scale 1, no CD-K): for tests that guidance at 1 is the
       conditional stream, and for timing what guidance costs.
     """
-    if forward not in FORWARDS:
-        raise ValueError(f"forward must be one of {FORWARDS}, got {forward!r}")
     sampling.check()
     if not len(prompts):
         raise ValueError("decode needs at least one prompt")
@@ -245,10 +234,13 @@ def decode(params, model_cfg: ModelConfig, prompts: Sequence[np.ndarray], *,
                          f"vocab_size={model_cfg.vocab_size}")
     everything = list(prompts) + (list(uncond_prompts) if two_streams else [])
     length = prompt_length(everything, max_new_tokens, model_cfg.max_seq_len)
-    static = _static_for(sampling, two_streams, start_in_image, max_new_tokens, pad_id, forward)
+    static = _static_for(sampling, two_streams, start_in_image, max_new_tokens, pad_id)
     knobs = _knobs(sampling)
     root = jax.random.key(seed)
     batch_size = max(1, min(batch_size, len(prompts)))
+    # Per-layer weights for the loop (a scanned stack sliced inside it would be copied every
+    # step): a copy of the weights per call when they are stacked; `Generator` does it once.
+    params, model_cfg = kv_cache.unstack_layers(params, model_cfg)
     tokens, lengths, log_probs = [], [], []
     for index, start in enumerate(range(0, len(prompts), batch_size)):
         chosen = list(range(start, min(start + batch_size, len(prompts))))

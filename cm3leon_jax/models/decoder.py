@@ -22,7 +22,7 @@ Calling convention (linen):
   logits, cache = Decoder(cfg).apply({"params": params}, tokens, segment_ids, positions,
                                      cache=cache)
 tokens / segment_ids / positions are int32 [batch, length]; logits are float32
-[batch, length, vocab]. With a cache, the tokens are written at slots cache.index.. and attend to
+[batch, length, vocab] ([batch, 1, vocab] with `last_only=True`). With a cache, the tokens are written at slots cache.index.. and attend to
 all earlier slots of their segment (prefill: many tokens; a decode step: one). Without
 `segment_ids` a decode call continues the segment of the last cached token; without `positions`
 the first call (empty cache) derives them from the segments and later calls continue each row
@@ -30,11 +30,15 @@ from `cache.next_positions`. Pass both explicitly to start a new document in a n
 
 Layers run as one `nn.scan` over stacked weights (`scan_layers=True`, param paths
 `layers/...` with a leading `layers` axis) or as a Python loop (`layers_0/...`, `layers_1/...`).
+With a cache they are always unrolled, each layer on its own cache arrays (`models/kv_cache.py`
+says why); scanned weights are then sliced per layer, which a decode loop does once beforehand
+with `kv_cache.unstack_layers`.
 `remat` wraps each block in `nn.remat` with the configured checkpoint policy.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -130,9 +134,9 @@ class Attention(nn.Module):
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         new_cache = None
         if layer_cache is not None:
-            k, v = kv_cache_lib.write_layer(layer_cache[0], layer_cache[1], k, v,
-                                            inputs.cache_index)
-            new_cache = (k, v)
+            new_cache = kv_cache_lib.write_layer(layer_cache[0], layer_cache[1], k, v,
+                                                 inputs.cache_index)
+            k, v = (kv_cache_lib.attention_view(a) for a in new_cache)
         # Without a cache, queries and keys are the same positions: leaving the slots to
         # `attention` lets it use its blockwise causal path.
         decoding = layer_cache is not None
@@ -189,7 +193,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, segment_ids: Optional[jax.Array] = None,
-                 positions: Optional[jax.Array] = None, cache: Optional[KVCache] = None):
+                 positions: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
+                 last_only: bool = False):
         cfg = self.config
         attention_lib.require_supported(cfg.attention)
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
@@ -204,23 +209,17 @@ class Decoder(nn.Module):
                                       name="embed_positions")(positions)
         x = constrain(x, RESIDUAL_AXES)
 
-        layer_caches = None if cache is None else (cache.keys, cache.values)
-        if cfg.scan_layers:
-            scanned = nn.scan(_block_class(cfg, scanned=True), variable_axes={"params": 0},
-                              split_rngs={"params": True}, in_axes=(nn.broadcast, 0),
-                              length=cfg.num_layers,
-                              metadata_params={nn.PARTITION_NAME: "layers"})
-            x, new_layer_caches = scanned(cfg, name="layers")(x, inputs, layer_caches)
+        if cache is not None:
+            x, new_keys, new_values = self._cached_layers(x, inputs, cache)
+        elif cfg.scan_layers:
+            x, _ = self._scanned_layers()(x, inputs, None)
         else:
             block_cls = _block_class(cfg, scanned=False)
-            per_layer = []
             for i in range(cfg.num_layers):
-                layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-                x, new_layer_cache = block_cls(cfg, name=f"layers_{i}")(x, inputs, layer_cache)
-                per_layer.append(new_layer_cache)
-            new_layer_caches = None if cache is None else tuple(
-                jnp.stack(parts) for parts in zip(*per_layer))
+                x, _ = block_cls(cfg, name=f"layers_{i}")(x, inputs, None)
 
+        if last_only:  # e.g. a prefill, which needs only the next token's logits
+            x = x[:, -1:]
         x = _norm(cfg, "final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)
@@ -231,11 +230,41 @@ class Decoder(nn.Module):
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if cache is None:
             return logits
-        new_cache = KVCache(keys=new_layer_caches[0], values=new_layer_caches[1],
+        new_cache = KVCache(keys=new_keys, values=new_values,
                             segment_ids=inputs.key_segment_ids,
                             next_positions=positions[:, -1].astype(jnp.int32) + 1,
                             index=cache.index + tokens.shape[1])
         return logits, new_cache
+
+    def _scanned_layers(self) -> nn.Module:
+        scanned = nn.scan(_block_class(self.config, scanned=True), variable_axes={"params": 0},
+                          split_rngs={"params": True}, in_axes=(nn.broadcast, 0),
+                          length=self.config.num_layers,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        return scanned(self.config, name="layers")
+
+    def _cached_layers(self, x, inputs: BlockInputs, cache: KVCache):
+        """The layers unrolled, each on its own cache arrays (see `models/kv_cache.py`: written in
+        place, never restacked). Scanned weights are sliced per layer here; a decode loop slices
+        them once beforehand instead (`kv_cache.unstack_layers`)."""
+        cfg = self.config
+        if cfg.scan_layers:
+            if self.is_initializing():  # create the stacked weights (the cache is not needed)
+                self._scanned_layers()(x, inputs.replace(key_segment_ids=inputs.segment_ids,
+                                                         cache_index=None), None)
+            stacked = nn.meta.unbox(self.variables["params"]["layers"])
+            block = functools.partial(Block, cfg, parent=None)  # an unbound copy per layer
+        new_keys, new_values = [], []
+        for i in range(cfg.num_layers):
+            layer_cache = (cache.keys[i], cache.values[i])
+            if cfg.scan_layers:
+                weights = jax.tree.map(lambda a, i=i: a[i], stacked)
+                x, (k, v) = block().apply({"params": weights}, x, inputs, layer_cache)
+            else:
+                x, (k, v) = Block(cfg, name=f"layers_{i}")(x, inputs, layer_cache)
+            new_keys.append(k)
+            new_values.append(v)
+        return x, tuple(new_keys), tuple(new_values)
 
     def _block_inputs(self, tokens, segment_ids, positions, cache):
         cfg = self.config
