@@ -532,42 +532,42 @@ def sft_dataset(prepared: str | epath.Path, split: str, vocab, cm3: CM3Config, s
 # Global batches for the training loop
 # --------------------------------------------------------------------------------------------------
 
-class Batches:
+class ResumableBatches:
     """Global batches for `cm3leon_jax.train.loop` (its `DataIterator` protocol), resumable.
 
-    `build(skip_batches)` makes this host's tf.data stream skipping that many batches. `__next__`
+    A subclass makes this host's numpy batches (`next_local`, counting `consumed`); `__next__`
     turns the host's `[global_batch / hosts, seq_len]` arrays into global `jax.Array`s laid out by
-    `sharding` (`jax.make_array_from_process_local_data`). `get_state()` is JSON: the batches
-    consumed plus `signature` (what determines the stream); `set_state` checks the signature and
-    rebuilds the stream after that many batches (cost: see the module docstring). A one-pass
-    stream ends with StopIteration.
+    `sharding` (`jax.make_array_from_process_local_data`; no sharding: the numpy batch as is).
+    `get_state()` is JSON: the batches consumed plus `signature` (what determines the stream);
+    `set_state` refuses a checkpoint whose signature differs, naming each difference, then calls
+    `_restart()` so the stream continues after that many batches. Shared by the pretraining/SFT
+    stream (`Batches`) and the upsampler's (`data/superres_pairs.PairBatches`).
     """
 
-    def __init__(self, build: Callable[[int], Any], *, sharding: Any, global_batch_size: int,
-                 seq_len: int, signature: dict):
-        self._build = build
+    stream_name = "the data stream of this run"
+
+    def __init__(self, *, sharding: Any, global_batch_size: int, seq_len: int, signature: dict):
         self.sharding = sharding
         self.global_batch_size = int(global_batch_size)
         self.seq_len = int(seq_len)
         self.signature = json.loads(json.dumps(signature))  # Exactly what JSON will give back.
         self.consumed = 0
-        self._iterator: Optional[Iterator[dict]] = None
 
-    def __iter__(self) -> "Batches":
+    def __iter__(self) -> "ResumableBatches":
         return self
 
-    def next_local(self) -> dict[str, np.ndarray]:
-        """This host's next batch as numpy arrays (counts as consumed)."""
-        if self._iterator is None:
-            self._iterator = self._build(self.consumed).as_numpy_iterator()
-        batch = next(self._iterator)
-        self.consumed += 1
-        return batch
+    def next_local(self) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _restart(self) -> None:
+        """Called after `set_state` changed `consumed`; a stream holding an iterator drops it."""
 
     def __next__(self) -> dict:
         import jax  # noqa: PLC0415
 
         local = self.next_local()
+        if self.sharding is None:
+            return local
         shape = (self.global_batch_size, self.seq_len)
         return {name: jax.make_array_from_process_local_data(self.sharding, value, shape)
                 for name, value in local.items()}
@@ -579,11 +579,36 @@ class Batches:
         differences = [f"{key}: saved {state.get(key)!r}, now {value!r}"
                        for key, value in self.signature.items() if state.get(key) != value]
         if differences:
-            raise ValueError("the data stream of this run differs from the checkpoint's ("
+            raise ValueError(f"{self.stream_name} differs from the checkpoint's ("
                              + "; ".join(differences) + "), so resuming would not see the "
                              "batches the interrupted run would have seen; use the same "
                              "settings or start a new --workdir")
         self.consumed = int(state["batches"])
+        self._restart()
+
+
+class Batches(ResumableBatches):
+    """The pretraining / SFT stream: `build(skip_batches)` makes this host's tf.data stream
+    skipping that many batches (rebuilt lazily after `set_state`; cost: see the module
+    docstring). A one-pass stream ends with StopIteration.
+    """
+
+    def __init__(self, build: Callable[[int], Any], *, sharding: Any, global_batch_size: int,
+                 seq_len: int, signature: dict):
+        super().__init__(sharding=sharding, global_batch_size=global_batch_size, seq_len=seq_len,
+                         signature=signature)
+        self._build = build
+        self._iterator: Optional[Iterator[dict]] = None
+
+    def next_local(self) -> dict[str, np.ndarray]:
+        """This host's next batch as numpy arrays (counts as consumed)."""
+        if self._iterator is None:
+            self._iterator = self._build(self.consumed).as_numpy_iterator()
+        batch = next(self._iterator)
+        self.consumed += 1
+        return batch
+
+    def _restart(self) -> None:
         self._iterator = None  # Rebuilt lazily, skipping `consumed` batches.
 
 

@@ -25,6 +25,7 @@ from etils import epath
 import numpy as np
 
 from cm3leon_jax.config import DataConfig
+from cm3leon_jax.data import pipeline
 
 
 def resolutions(data: DataConfig, high_size: int) -> tuple[DataConfig, DataConfig]:
@@ -96,7 +97,7 @@ def encode_pairs(pairs: dict, low_tokenizer, high_tokenizer, cache: Optional[epa
     return low, high
 
 
-class PairBatches:
+class PairBatches(pipeline.ResumableBatches):
     """Global batches of upsampler rows for `train/loop.py` (its `DataIterator`), resumable.
 
     Example g of the stream (g = batches consumed * batch + row) is pair `order(g // N)[g % N]`,
@@ -104,8 +105,11 @@ class PairBatches:
     last batch is filled with zero-weight padding rows). With `caption_dropout` > 0 a row drops its
     caption with that probability, seeded by (seed, g), so the model also learns the caption-free
     prompt (`--task upscale` of an image without a caption). The state is the batches consumed
-    plus a signature; resuming with a different stream is refused, as in `data/pipeline.Batches`.
+    plus a signature; resuming with a different stream is refused
+    (`data/pipeline.ResumableBatches`).
     """
+
+    stream_name = "the upsampler's data stream"
 
     def __init__(self, vocab, low_codes: np.ndarray, high_codes: np.ndarray,
                  captions: Optional[list] = None, *, seq_len: int, global_batch_size: int,
@@ -118,28 +122,27 @@ class PairBatches:
         import jax  # noqa: PLC0415
 
         self.vocab, self.low, self.high, self.captions = vocab, low_codes, high_codes, captions
-        self.seq_len, self.batch_size, self.sharding = seq_len, int(global_batch_size), sharding
+        self.global_batch_size = int(global_batch_size)  # checked before the base class sets it
         self.seed, self.repeat, self.caption_dropout = seed, repeat, caption_dropout
         self.num_batches = num_batches
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
-        if self.batch_size % self.process_count:
-            raise ValueError(f"global batch {self.batch_size} does not split over "
+        if self.global_batch_size % self.process_count:
+            raise ValueError(f"global batch {self.global_batch_size} does not split over "
                              f"{self.process_count} hosts")
         longest = vocab.max_row_length(max((len(c) for c in captions), default=0)
                                        if captions else 0)
         if longest > seq_len:
             raise ValueError(f"an upsampler row takes up to {longest} tokens but seq_len is "
                              f"{seq_len}; raise superres.seq_len (and model.max_seq_len)")
-        self.signature = json.loads(json.dumps({
-            "kind": "superres", "seed": seed, "repeat": repeat, "pairs": len(low_codes),
-            "global_batch_size": self.batch_size, "process_count": self.process_count,
-            "caption_dropout": caption_dropout, "seq_len": seq_len, **(signature or {})}))
-        self.consumed = 0
+        super().__init__(sharding=sharding, global_batch_size=global_batch_size, seq_len=seq_len,
+                         signature={
+                             "kind": "superres", "seed": seed, "repeat": repeat,
+                             "pairs": len(low_codes), "global_batch_size": self.global_batch_size,
+                             "process_count": self.process_count,
+                             "caption_dropout": caption_dropout, "seq_len": seq_len,
+                             **(signature or {})})
         self._orders: dict[int, np.ndarray] = {}
-
-    def __iter__(self) -> "PairBatches":
-        return self
 
     def _pair(self, g: int) -> int:
         count = len(self.low)
@@ -161,12 +164,12 @@ class PairBatches:
 
     def next_local(self) -> dict[str, np.ndarray]:
         count = len(self.low)
-        start = self.consumed * self.batch_size
+        start = self.consumed * self.global_batch_size
         if self.num_batches is not None and self.consumed >= self.num_batches:
             raise StopIteration
         if not self.repeat and start >= count:
             raise StopIteration
-        local = self.batch_size // self.process_count
+        local = self.global_batch_size // self.process_count
         first = start + self.process_index * local
         batch = {"ids": np.full((local, self.seq_len), self.vocab.pad_id, np.int32),
                  "segment_ids": np.zeros((local, self.seq_len), np.int32),
@@ -183,25 +186,3 @@ class PairBatches:
             batch["weights"][row, :len(ids)] = weights
         self.consumed += 1
         return batch
-
-    def __next__(self) -> dict:
-        import jax  # noqa: PLC0415
-
-        local = self.next_local()
-        if self.sharding is None:
-            return local
-        shape = (self.batch_size, self.seq_len)
-        return {name: jax.make_array_from_process_local_data(self.sharding, value, shape)
-                for name, value in local.items()}
-
-    def get_state(self) -> dict:
-        return {"batches": self.consumed, **self.signature}
-
-    def set_state(self, state: dict) -> None:
-        differences = [f"{key}: saved {state.get(key)!r}, now {value!r}"
-                       for key, value in self.signature.items() if state.get(key) != value]
-        if differences:
-            raise ValueError("the upsampler's data stream differs from the checkpoint's ("
-                             + "; ".join(differences) + "); use the same settings or start a "
-                             "new --workdir")
-        self.consumed = int(state["batches"])
