@@ -197,7 +197,9 @@ def test_progress_lines_per_worker_and_worker_count(caplog):
     assert prepare.expected_workers(prepare.pipeline_options(("--runner=DataflowRunner",))) == 0
     report = prepare.ReportProgress("prepare: train documents", total=10, workers=2, every_s=1e9)
     report.setup()
-    with caplog.at_level(logging.INFO):
+    # absl's logger keeps its own level, which an earlier test's entry point may have raised
+    # (`generate`/`evaluate` set WARNING), so set both.
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
         passed = [out for element in range(6) for out in report.process(element)]
     assert passed == list(range(6))
     lines = [r.getMessage() for r in caplog.records if "prepare: train documents" in r.getMessage()]
