@@ -95,6 +95,26 @@ parse_tpu_flag() {
   esac
 }
 
+# parse_flags ARG...: the argument loop of every script: --flag=value is split, then each argument
+# is one of the TPU identity flags (parse_tpu_flag), -h/--help, or the script's own: the script
+# defines parse_script_flag, which sets SHIFT_BY to the words it took (0: not its flag). A flag
+# nobody takes is a usage error, with the script's UNKNOWN_HINT appended.
+parse_flags() {
+  split_flag_values "$@"
+  set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
+  while (($#)); do
+    parse_tpu_flag "$@"
+    if ((!SHIFT_BY)); then
+      case "$1" in
+        -h | --help) usage; exit 0 ;;
+      esac
+      parse_script_flag "$@"
+    fi
+    ((SHIFT_BY)) || die "unknown argument $1${UNKNOWN_HINT:-}"
+    shift "$SHIFT_BY"
+  done
+}
+
 # require_tpu: checks name and zone are known and gcloud is there (unless dry run).
 require_tpu() {
   [[ -n "$TPU_NAME" ]] || die "--name is required (or set CM3LEON_TPU_NAME)"

@@ -40,29 +40,22 @@ VALID_UNTIL=""
 WAIT=0
 POLL_SECONDS=30
 
-split_flag_values "$@"
-set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
-while (($#)); do
-  parse_tpu_flag "$@"
-  if ((SHIFT_BY)); then
-    shift "$SHIFT_BY"
-    continue
-  fi
+parse_script_flag() {
+  SHIFT_BY=0
   case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --accelerator-type) need_value "$1" $#; ACCELERATOR_TYPE="$2"; shift 2 ;;
-    --runtime-version) need_value "$1" $#; RUNTIME_VERSION="$2"; shift 2 ;;
+    --accelerator-type) need_value "$1" $#; ACCELERATOR_TYPE="$2"; SHIFT_BY=2 ;;
+    --runtime-version) need_value "$1" $#; RUNTIME_VERSION="$2"; SHIFT_BY=2 ;;
     --spot | --preemptible)
       [[ -z "$CAPACITY" || "$CAPACITY" == "$1" ]] || die "--spot and --preemptible exclude each other"
-      CAPACITY="$1"; shift ;;
-    --queued) QUEUED=1; shift ;;
-    --reserved) RESERVED=1; shift ;;
-    --valid-until-duration) need_value "$1" $#; VALID_UNTIL="$2"; shift 2 ;;
-    --wait) WAIT=1; shift ;;
-    --poll-seconds) need_value "$1" $#; POLL_SECONDS="$2"; shift 2 ;;
-    *) die "unknown argument $1" ;;
+      CAPACITY="$1"; SHIFT_BY=1 ;;
+    --queued) QUEUED=1; SHIFT_BY=1 ;;
+    --reserved) RESERVED=1; SHIFT_BY=1 ;;
+    --valid-until-duration) need_value "$1" $#; VALID_UNTIL="$2"; SHIFT_BY=2 ;;
+    --wait) WAIT=1; SHIFT_BY=1 ;;
+    --poll-seconds) need_value "$1" $#; POLL_SECONDS="$2"; SHIFT_BY=2 ;;
   esac
-done
+}
+parse_flags "$@"
 
 require_tpu
 [[ -n "$ACCELERATOR_TYPE" ]] || die "--accelerator-type is required, e.g. v5litepod-8 or v5p-32"

@@ -21,21 +21,14 @@ EOF2
 QUEUED=0
 YES=0
 
-split_flag_values "$@"
-set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
-while (($#)); do
-  parse_tpu_flag "$@"
-  if ((SHIFT_BY)); then
-    shift "$SHIFT_BY"
-    continue
-  fi
+parse_script_flag() {
+  SHIFT_BY=0
   case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --queued) QUEUED=1; shift ;;
-    --yes) YES=1; shift ;;
-    *) die "unknown argument $1" ;;
+    --queued) QUEUED=1; SHIFT_BY=1 ;;
+    --yes) YES=1; SHIFT_BY=1 ;;
   esac
-done
+}
+parse_flags "$@"
 
 require_tpu
 location_flags

@@ -44,25 +44,19 @@ COPY_LOGS_TO=""
 DETACH=0
 COMMAND_WORDS=()
 
-split_flag_values "$@"
-set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
-while (($#)); do
-  parse_tpu_flag "$@"
-  if ((SHIFT_BY)); then
-    shift "$SHIFT_BY"
-    continue
-  fi
+parse_script_flag() {
+  SHIFT_BY=0
   case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --run-label) need_value "$1" $#; RUN_LABEL="$2"; shift 2 ;;
-    --worker) need_value "$1" $#; WORKER="$2"; shift 2 ;;
-    --env) need_value "$1" $#; ENV_ASSIGNMENTS+=("$2"); shift 2 ;;
-    --copy-logs-to) need_value "$1" $#; COPY_LOGS_TO="${2%/}"; shift 2 ;;
-    --detach) DETACH=1; shift ;;
-    --) shift; COMMAND_WORDS=("$@"); break ;;
-    *) die "unknown argument $1 (the command to run goes after --)" ;;
+    --run-label) need_value "$1" $#; RUN_LABEL="$2"; SHIFT_BY=2 ;;
+    --worker) need_value "$1" $#; WORKER="$2"; SHIFT_BY=2 ;;
+    --env) need_value "$1" $#; ENV_ASSIGNMENTS+=("$2"); SHIFT_BY=2 ;;
+    --copy-logs-to) need_value "$1" $#; COPY_LOGS_TO="${2%/}"; SHIFT_BY=2 ;;
+    --detach) DETACH=1; SHIFT_BY=1 ;;
+    --) SHIFT_BY=$#; shift; COMMAND_WORDS=("$@") ;;
   esac
-done
+}
+UNKNOWN_HINT=" (the command to run goes after --)"
+parse_flags "$@"
 
 require_tpu
 ((${#COMMAND_WORDS[@]})) || die "no command: put it after --, e.g. -- python -m cm3leon_jax.demo --workdir /tmp/demo"

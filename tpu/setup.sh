@@ -32,22 +32,15 @@ REF="HEAD"
 PYTHON_VERSION="3.11"
 JAX_SPEC="jax[tpu]"
 
-split_flag_values "$@"
-set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
-while (($#)); do
-  parse_tpu_flag "$@"
-  if ((SHIFT_BY)); then
-    shift "$SHIFT_BY"
-    continue
-  fi
+parse_script_flag() {
+  SHIFT_BY=0
   case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --ref) need_value "$1" $#; REF="$2"; shift 2 ;;
-    --python-version) need_value "$1" $#; PYTHON_VERSION="$2"; shift 2 ;;
-    --jax-spec) need_value "$1" $#; JAX_SPEC="$2"; shift 2 ;;
-    *) die "unknown argument $1" ;;
+    --ref) need_value "$1" $#; REF="$2"; SHIFT_BY=2 ;;
+    --python-version) need_value "$1" $#; PYTHON_VERSION="$2"; SHIFT_BY=2 ;;
+    --jax-spec) need_value "$1" $#; JAX_SPEC="$2"; SHIFT_BY=2 ;;
   esac
-done
+}
+parse_flags "$@"
 
 require_tpu
 [[ "$PYTHON_VERSION" =~ ^3\.[0-9]+$ ]] || die "--python-version $PYTHON_VERSION: give it as 3.11, 3.12, ..."

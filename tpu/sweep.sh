@@ -33,21 +33,15 @@ EOF2
 COPY_LOGS_TO=""
 SWEEP_FLAGS=()
 
-split_flag_values "$@"
-set -- ${SPLIT_ARGS[@]+"${SPLIT_ARGS[@]}"}
-while (($#)); do
-  parse_tpu_flag "$@"
-  if ((SHIFT_BY)); then
-    shift "$SHIFT_BY"
-    continue
-  fi
+parse_script_flag() {
+  SHIFT_BY=0
   case "$1" in
-    -h | --help) usage; exit 0 ;;
-    --copy-logs-to) need_value "$1" $#; COPY_LOGS_TO="$2"; shift 2 ;;
-    --) shift; SWEEP_FLAGS=("$@"); break ;;
-    *) die "unknown argument $1 (the sweep's own flags go after --)" ;;
+    --copy-logs-to) need_value "$1" $#; COPY_LOGS_TO="$2"; SHIFT_BY=2 ;;
+    --) SHIFT_BY=$#; shift; SWEEP_FLAGS=("$@") ;;
   esac
-done
+}
+UNKNOWN_HINT=" (the sweep's own flags go after --)"
+parse_flags "$@"
 
 require_tpu
 ((${#SWEEP_FLAGS[@]})) || die "no sweep flags: put --config/--sweep/--entry/--workdir after --"
