@@ -17,24 +17,14 @@ tokenizer's reconstructions limit any token-space upsampler to about bicubic PSN
 (the 32-px tokenizer gained ~4 dB from 1.5k to 12k steps) before expecting the upsampler to beat it.
 """
 
-import ml_collections
+from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
-    del arg
-    cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(
-        source="shapes", image_size=64, num_train=2000, num_validation=200, num_test=200, seed=0))
-    cfg.vqgan = ml_collections.ConfigDict(dict(
-        image_size=64, downsample_factor=4, channels=16, channel_multipliers=(1, 2, 4),
-        num_res_blocks=1, attention_resolutions=(), mid_attention=True, norm_groups=8,
-        codebook_size=512, code_dim=8, codebook_lookup="l2", codebook_update="ema",
-        ema_decay=0.99, commitment_cost=0.25, restart_unused_after=20,
-        restart_sampling="uniform", reconstruction_loss="l2", discriminator_start=100000,
-        discriminator_weight=0.0, discriminator_channels=16, discriminator_layers=2))
-    cfg.vqgan_train = ml_collections.ConfigDict(dict(
-        num_steps=1500, batch_size=8, learning_rate=2e-3, warmup_steps=50,
-        final_learning_rate_fraction=0.05, adam_b1=0.9, adam_b2=0.99,
-        discriminator_learning_rate=2e-4, log_every=50, image_every=500, checkpoint_every=250,
-        eval_batch_size=100, seed=0))
+    cfg = experiment_files.config(__file__, "vqgan_shapes", arg)
+    del cfg.text_tokenizer, cfg.vocab  # the base vocabulary has the text side
+    cfg.data.image_size = cfg.vqgan.image_size = 64
+    cfg.vqgan.discriminator_start = 100000
+    cfg.vqgan_train.update(num_steps=1500, warmup_steps=50, log_every=50, image_every=500,
+                           checkpoint_every=250)
     return cfg
