@@ -9,6 +9,10 @@ Where: `$CM3LEON_JAX_CACHE_DIR`, else `~/.cache/cm3leon_jax/xla`; an empty value
 cache JAX was told about already (`JAX_COMPILATION_CACHE_DIR`, or `jax_compilation_cache_dir` set
 in code) is left as it is. Entries are keyed by the program, the jax/jaxlib version and the
 devices, so a stale entry is never used; the directory may be deleted at any time.
+
+`enable()` must run before the process's first compilation (JAX decides at the first compile
+whether to use the cache): `cli.run` calls it before `main`, the `app.run` entry points
+(`generate`, `evaluate`, `export`) at the top of theirs, and Beam workers in `DoFn.setup`.
 """
 
 from __future__ import annotations

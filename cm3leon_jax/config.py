@@ -1111,8 +1111,8 @@ class SamplesConfig(Section):
     """`config.samples`: image samples written at every eval.
 
     num_captions: validation captions to sample images for (0 = off).
-    num_samples: images per caption (best first: CLIP rerank when a bi-encoder is given, else
-      mean log-probability).
+    num_samples: images per caption, best first by mean log-probability (no bi-encoder is loaded
+      during training).
     temperature / top_k / top_p / cfg_scale: the sampling of `generation.SamplingConfig`.
     seed: sampling seed (the same for every eval, so grids differ only by the model).
     scale: nearest-neighbour enlargement of each image in the grid (32x32 images are small).

@@ -259,6 +259,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    from cm3leon_jax import compilation_cache  # noqa: PLC0415
+
+    compilation_cache.enable()  # before the first compile: JAX decides once per process
     from cm3leon_jax.config import ConfigError  # noqa: PLC0415
 
     if not flags.FLAGS["verbosity"].present:

@@ -145,6 +145,9 @@ def test_removal_drops_document_everywhere_and_keeps_other_shards(tmp_path, voca
     card = provenance.read_card(str(tmp_path))
     assert card["removals"][0]["count"] == 1 and card["removals"][0]["rebuilt"]
     assert card["removals"][0]["index_rows_removed"] == 1
+    from cm3leon_jax import config as config_lib
+    assert neighbours.table_path(config_lib.retrieval_config(cfg), str(tmp_path),
+                                 "train").exists()  # the index rebuild kept the tables
     # The index no longer holds it either: not even a query that is its own embedding finds it.
     from cm3leon_jax import config
     bank = index.RetrievalIndex.load(index.index_dir(config.retrieval_config(cfg), str(tmp_path)))

@@ -121,21 +121,6 @@ class ReportProgress(beam.DoFn):
 # Beam transforms
 # --------------------------------------------------------------------------------------------------
 
-def as_document(example: dict) -> dict:
-    """A tfds example (numpy) as the plain dict the later stages use."""
-    example = sources._decode_strings(tfds.as_numpy(example))  # noqa: SLF001 - shared decoder
-    document = {"id": example["id"], "caption": example["caption"], "image": example["image"],
-                "source": example.get("source", ""), "license": example.get("license", ""),
-                "attribution": example.get("attribution", "")}
-    if "questions" in example:
-        document["questions"] = list(example["questions"]["question"])
-        document["answers"] = list(example["questions"]["answer"])
-    if "edit" in example:
-        document["edit_instruction"] = example["edit"]["instruction"]
-        document["edit_image"] = example["edit"]["image"]
-    return document
-
-
 class ApplyPolicy(beam.DoFn):
     EXCLUDED = "excluded"
 
@@ -273,8 +258,9 @@ def _text(value) -> str:
 
 
 def documents_of_batch(batch: dict) -> Iterable[dict]:
-    """A tf.data batch of a project builder's examples (numpy; `questions` ragged) -> the same
-    documents `as_document` makes of one example each."""
+    """A tf.data batch of a project builder's examples (numpy; `questions` ragged) -> one plain
+    dict per document: id, caption, image, source, license, attribution, and questions/answers
+    and the edit when the example has them."""
     questions = batch.get("questions")
     if questions is not None:
         asked = questions["question"].to_list()
@@ -400,11 +386,13 @@ def filter_retrieval_index(cfg: ml_collections.ConfigDict, prepare: config.Prepa
         return {}
     from cm3leon_jax.retrieval import index  # noqa: PLC0415 - only when retrieval is on
 
-    directory = index.index_dir(config.retrieval_config(cfg), workdir)
+    retrieval = config.retrieval_config(cfg)
+    directory = index.index_dir(retrieval, workdir)
     if not (directory / index.MANIFEST).exists():
         return {}
     bank = index.RetrievalIndex.load(directory)
-    kept, excluded = bank.filtered(policy.verdict, policy.describe())
+    kept, excluded = bank.filtered(policy.verdict, policy.describe(),
+                                   lambda size: index.parameters_for(retrieval, size))
     if kept is not bank:
         kept.save(directory)
         print(f"[prepare] retrieval index: dropped {sum(excluded.values())} of {len(bank)} "

@@ -32,6 +32,7 @@ from typing import Optional
 from absl import app, flags
 import ml_collections
 
+from cm3leon_jax import compilation_cache
 from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError
@@ -183,6 +184,7 @@ def main(argv: list[str]) -> None:
                              "`import`; without it the workdir's checkpoint is exported")
     if not values.workdir:
         raise app.UsageError("--workdir is required")
+    compilation_cache.enable()  # before the first compile: JAX decides once per process
     try:
         if command == ["import"]:
             run_import(values["from"].value, values.workdir, values.config)

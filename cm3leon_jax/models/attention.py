@@ -111,19 +111,21 @@ def select_implementation(implementation: str, *, q_len: int, kv_len: int, head_
                           dtype: Any = jnp.float32, self_attention: bool = True,
                           backend: Optional[str] = None) -> str:
     """The implementation that actually runs one `attention()` call: `auto` resolved per backend,
-    `splash` replaced by `xla` for KV-cache calls (see the module docstring). Raises ConfigError
-    (before compile) when an explicit `splash` cannot tile the shape."""
+    every KV-cache call (`self_attention=False`) on `xla` (see the module docstring). Raises
+    ConfigError (before compile) when an explicit `splash` cannot tile the shape."""
     require_supported(implementation, backend)
+    if not self_attention:
+        return "xla"
     backend = backend or jax.default_backend()
     if implementation == "auto":
-        if backend == "tpu" and self_attention and not splash_problem(q_len, kv_len, head_dim):
+        if backend == "tpu" and not splash_problem(q_len, kv_len, head_dim):
             return "splash"
         if backend == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16),
                                                       jnp.dtype(jnp.float16)):
             return "cudnn"
         return "xla"
     if implementation == "splash":
-        if not self_attention or q_len < SPLASH_SEQ_MULTIPLE:
+        if q_len < SPLASH_SEQ_MULTIPLE:
             return "xla"
         problem = splash_problem(q_len, kv_len, head_dim)
         if problem:

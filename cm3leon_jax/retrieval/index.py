@@ -392,6 +392,12 @@ class RetrievalIndex:
             self._scann.serialize(staging / SCANN_SUBDIR)
         (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         if directory.exists():
+            # Files kept beside the index (the neighbour tables of `neighbours.py`) survive a
+            # rebuild: only the index's own files are replaced.
+            for entry in directory.iterdir():
+                if not (staging / entry.name).exists():
+                    copy = shutil.copytree if entry.is_dir() else shutil.copy2
+                    copy(entry, staging / entry.name)
             shutil.rmtree(directory)
         staging.rename(directory)
         return directory
@@ -447,11 +453,14 @@ class RetrievalIndex:
         return cls(embeddings, ids, np.load(directory / MULTIMODAL), params, manifest, searcher,
                    search_batch_size, json.loads((directory / PROVENANCE).read_text()))
 
-    def filtered(self, verdict: Callable[[dict], Optional[str]], policy_description: dict
+    def filtered(self, verdict: Callable[[dict], Optional[str]], policy_description: dict,
+                 params_for: Optional[Callable[[int], IndexParameters]] = None
                  ) -> tuple["RetrievalIndex", collections.Counter]:
         """This index without the documents `verdict` refuses (a licence policy, removals), and
         the count of dropped rows by reason. The searcher is rebuilt over the kept embeddings (no
-        re-embedding); with nothing to drop, the index itself is returned."""
+        re-embedding) with `params_for(kept size)` (e.g. `parameters_for(retrieval, n)`: leaves,
+        samples and exact-vs-ScaNN follow the new size), else with this index's parameters; with
+        nothing to drop, the index itself is returned."""
         refused = refused_rows(self.document_ids, self.provenance, verdict)
         excluded = collections.Counter(refused.values())
         if not refused:
@@ -461,8 +470,9 @@ class RetrievalIndex:
             raise ValueError(f"the policy {policy_description} refuses every one of the "
                              f"{len(self)} documents in the retrieval index")
         total = collections.Counter(self.manifest.get("excluded", {})) + excluded
+        params = params_for(int(keep.sum())) if params_for is not None else self.params
         kept = build(self.embeddings[keep], [i for i, k in zip(self.document_ids, keep) if k],
-                     self.multimodal[keep], self.params,
+                     self.multimodal[keep], params,
                      encoder_model_id=self.manifest["encoder"]["model_id"],
                      encoder_fingerprint=self.manifest["encoder"]["fingerprint"],
                      search_batch_size=self.search_batch_size,

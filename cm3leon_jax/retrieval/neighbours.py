@@ -55,7 +55,8 @@ STAGE = "retrieval_neighbours"
 class NeighbourTable:
     """Neighbours of the documents of one split.
 
-    document_ids: the query documents, in split order.
+    document_ids: the query documents, sorted by id (the Beam lookup's order, whatever the
+      workers).
     neighbours: int32 [N, k] rows of the memory bank (`bank_document_ids[row]`), -1 where fewer
       than k candidates passed the rules.
     bank_document_ids: the index's documents (row order).
@@ -131,7 +132,7 @@ def compute_neighbours(bank: index.RetrievalIndex, query_embeddings: np.ndarray,
 # --------------------------------------------------------------------------------------------------
 
 # Models loaded by this worker process, shared by every split's stage and thread:
-# (encoder dir, index dir, corpus fingerprint) -> (BiEncoder, RetrievalIndex).
+# (encoder dir, index dir, encoder fingerprint, corpus fingerprint) -> (BiEncoder, RetrievalIndex).
 _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
 # The encoder `run_pipeline` loaded to check the index (reused by an in-process DirectRunner).
