@@ -112,8 +112,9 @@ def _base_vocab(sr: SuperresConfig, workdir: str):
     return Vocabulary.load(sr.vocab_dir) if sr.vocab_dir else load_vocab(workdir)
 
 
-def _check_resume(directory: epath.Path, low_fp: str, high_fp: str) -> None:
-    """A run directory with checkpoints keeps its tokenizers: say so before overwriting."""
+def _check_resume(directory: epath.Path, low_fp: str, high_fp: str, sr: SuperresConfig) -> None:
+    """A run directory with checkpoints keeps its tokenizers and its prompt format: say so before
+    the export is overwritten (the checkpoint would then be read with prompts it never saw)."""
     meta_file = directory / upsampler.EXPORT_DIR / upsampler.META_FILE
     if not meta_file.exists() or not (directory / "checkpoints").exists():
         return
@@ -124,6 +125,12 @@ def _check_resume(directory: epath.Path, low_fp: str, high_fp: str) -> None:
             raise upsampler.UpsamplerMismatch(
                 f"{directory} was trained with another {name}-res tokenizer (fingerprint "
                 f"{before[:12]}, now {now[:12]}); use a new --workdir or move {directory} away")
+    for field in ("use_caption", "max_caption_tokens"):
+        before, now = saved.get(field), getattr(sr, field)
+        if before != now:
+            raise upsampler.UpsamplerMismatch(
+                f"{directory} was trained with superres.{field}={before!r}, now {now!r}: its "
+                f"prompts would change; use a new --workdir or move {directory} away")
 
 
 def _caption_ids(vocab: upsampler.UpsamplerVocab, captions, limit: int) -> list[np.ndarray]:
@@ -213,7 +220,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                           "no image tokenizer")
     low_fp = upsampler.tokenizer_fingerprint(low_path)
     high_fp = upsampler.tokenizer_fingerprint(high_path)
-    _check_resume(directory, low_fp, high_fp)
+    _check_resume(directory, low_fp, high_fp, sr)
     if base_vocab.image_tokenizer_path and low_fp != upsampler.tokenizer_fingerprint(
             base_vocab.image_tokenizer_path):
         print(f"[{STAGE}] note: the low-res tokenizer {low_path} is not the base vocabulary's "

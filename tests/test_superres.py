@@ -249,6 +249,14 @@ def test_mismatched_base_tokenizer_is_refused(stack, tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     upsampler.export(tmp_path / "run" / "upsampler", base, base.image_tokenizer_path, high,
                      use_caption=False, max_caption_tokens=8)
+    same_prompts = superres.SuperresConfig(use_caption=False, max_caption_tokens=8)
     with pytest.raises(upsampler.UpsamplerMismatch, match="another low-res tokenizer"):
         superres._check_resume(tmp_path / "run", upsampler.tokenizer_fingerprint(other_tok),
-                               meta.high_tokenizer_fingerprint)
+                               meta.high_tokenizer_fingerprint, same_prompts)
+    # ... and so is one whose prompts would change (captions on now, off in the checkpoint).
+    with pytest.raises(upsampler.UpsamplerMismatch, match="use_caption=False, now True"):
+        superres._check_resume(tmp_path / "run", meta.low_tokenizer_fingerprint,
+                               meta.high_tokenizer_fingerprint,
+                               superres.SuperresConfig(use_caption=True, max_caption_tokens=8))
+    superres._check_resume(tmp_path / "run", meta.low_tokenizer_fingerprint,
+                           meta.high_tokenizer_fingerprint, same_prompts)  # nothing changed

@@ -67,9 +67,12 @@ def _create_state(task: Task, tx, train: TrainConfig, params=None):
                                                 task.batch_sharding.mesh, rng, params=params)
 
 
-def _abstract(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        tree)
+def _abstract_state(task: Task, tx, train: TrainConfig):
+    """(abstract state, its shardings) for restoring, nothing allocated (`state.py`)."""
+    rng = jax.random.key(train.seed)
+    param_shardings = task.param_shardings(jax.eval_shape(task.init_params, rng))
+    return state_lib.abstract_train_state(task.init_params, param_shardings, tx,
+                                          task.batch_sharding.mesh, rng)
 
 
 def evaluate(task: Task, eval_fn, params, batches: int) -> dict[str, dict[str, float]]:
@@ -144,19 +147,21 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         checkpoint.check_compatible(checkpoints.read_meta(latest), task.model_signature,
                                     task.data_fingerprint, train_cfg.allow_data_change,
                                     f"--workdir {workdir}")
-    state, state_shardings = _create_state(task, tx, train_cfg)
-    restored = checkpoints.restore_latest(_abstract(state)) if latest is not None else None
+    # Restores read into an abstract state: no random state is allocated beside the restored one.
+    abstract, state_shardings = _abstract_state(task, tx, train_cfg)
+    restored = checkpoints.restore_latest(abstract) if latest is not None else None
     if restored is not None:
         state, data_state, _, start = restored
         task.train_data.set_state(data_state)
         logging.info("resumed %s from step %d in %s", task.name, start, workdir)
         print(f"[{task.name}] resumed from step {start}")
     elif train_cfg.init_from:
-        params, from_step = checkpoint.restore_params(train_cfg.init_from,
-                                                      _abstract(state.params))
+        params, from_step = checkpoint.restore_params(train_cfg.init_from, abstract.params)
         state, state_shardings = _create_state(task, tx, train_cfg, params=params)
         print(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
               "fresh optimizer")
+    else:
+        state, state_shardings = _create_state(task, tx, train_cfg)
     train_step = step_lib.jit_train_step(task.loss_fn, tx, schedule, state_shardings,
                                          task.batch_sharding, train_cfg.micro_batches)
     eval_fn = jax.jit(step_lib.make_eval_step(task.loss_fn))

@@ -51,6 +51,21 @@ def state_shardings(optimizer: optax.GradientTransformation, abstract_params: An
                       skipped=replicated)
 
 
+def abstract_train_state(init_params: Callable[[jax.Array], Any], param_shardings: Any,
+                         optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                         rng: jax.Array) -> tuple[TrainState, TrainState]:
+    """(the state as ShapeDtypeStructs laid out by `state_shardings`, the shardings): what a
+    checkpoint restore needs, without allocating a state first (a resumed 7B run must not hold a
+    random state and the restored one at once)."""
+    abstract_params = jax.eval_shape(init_params, rng)
+    shardings = state_shardings(optimizer, abstract_params, param_shardings, mesh)
+    shapes = jax.eval_shape(lambda key: TrainState.create(init_params(key), optimizer, key), rng)
+    abstract = jax.tree.map(
+        lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+        shapes, shardings)
+    return abstract, shardings
+
+
 def create_sharded_train_state(init_params: Callable[[jax.Array], Any], param_shardings: Any,
                                optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                                rng: jax.Array, params: Optional[Any] = None
