@@ -46,6 +46,19 @@ def _with_default_config(argv: list[str], default_config: Optional[str]) -> list
     return [argv[0], f"--config={EXPERIMENTS / default_config}", *argv[1:]]
 
 
+def start_app_main(argv: list[str], workdir: Optional[str]) -> None:
+    """The start of an `app.run` entry point's own main (`generate`, `evaluate`): no stray
+    arguments, a workdir, the compilation cache on before the first compile, and Orbax's
+    per-file INFO logs off unless --verbosity was given."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not workdir:
+        raise app.UsageError("--workdir is required")
+    compilation_cache.enable()
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it touches at INFO.
+
+
 def run(main: Main, default_config: Optional[str] = None, require_workdir: bool = True) -> None:
     """Parses flags and calls `main(config, workdir)`; ConfigError exits with status 2 and a message."""
 

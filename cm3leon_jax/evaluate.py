@@ -26,9 +26,9 @@ import os
 import shlex
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
+from cm3leon_jax import cli  # also defines --config and --workdir
 
 FLAGS = flags.FLAGS
 _TASKS = flags.DEFINE_list("tasks", "text2image,caption,vqa,edit", "Tasks to evaluate.")
@@ -110,17 +110,9 @@ def run_table(workdir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    from cm3leon_jax import compilation_cache  # noqa: PLC0415
-
-    compilation_cache.enable()  # before the first compile: JAX decides once per process
+    cli.start_app_main(argv, FLAGS.workdir)
     from cm3leon_jax.config import ConfigError  # noqa: PLC0415
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it touches at INFO.
     try:
         if _TABLE.value:
             out = run_table(FLAGS.workdir)

@@ -46,12 +46,12 @@ import os
 import sys
 from typing import Optional
 
-from absl import app, flags, logging
+from absl import app, flags
 
 # The shared `--config` / `--workdir` flags (defined once for every entry point: modules such as
 # the retriever import `cli` too, and absl refuses a flag defined twice). Here `--config` is
 # optional: by default the model's config is the one saved in its checkpoint.
-from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
+from cm3leon_jax import cli  # also defines --config and --workdir
 
 TASKS = ("text2image", "caption", "vqa", "edit", "infill", "upscale")
 IMAGE_TASKS = ("text2image", "edit", "upscale")
@@ -255,17 +255,8 @@ def _print(report: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    from cm3leon_jax import compilation_cache  # noqa: PLC0415
-
-    compilation_cache.enable()  # before the first compile: JAX decides once per process
+    cli.start_app_main(argv, FLAGS.workdir)
     from cm3leon_jax.config import ConfigError  # noqa: PLC0415
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it touches at INFO.
 
     try:
         report = run(FLAGS.workdir, _TASK.value)

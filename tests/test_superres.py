@@ -12,39 +12,15 @@ import numpy as np
 import pytest
 
 from cm3leon_jax import image_metrics, superres, upsampler
-from cm3leon_jax.config import (DataConfig, ModelConfig, TextTokenizerConfig, VocabConfig,
-                                VQGANConfig)
+from cm3leon_jax.config import DataConfig, ModelConfig, TextTokenizerConfig, VocabConfig
 from cm3leon_jax.data import superres_pairs
 from cm3leon_jax.data.shapes import verifier
 from cm3leon_jax.models.decoder import Decoder
-from cm3leon_jax.tokenizers.image_tokenizer import ImageTokenizer
 from cm3leon_jax.tokenizers.text import TextTokenizer
-from cm3leon_jax.tokenizers.vqgan import VQGAN
 from cm3leon_jax.vocab import Vocabulary
 import tiny_stack
 
 
-def _random_tokenizer(path, image_size, codebook_size=64, seed=0):
-    """A random VQ-GAN export, variables drawn in numpy from their shapes (compiling the VQ-GAN's
-    `init` costs seconds; see tests/test_generation.py)."""
-    config = VQGANConfig(image_size=image_size, downsample_factor=4, channels=16,
-                         channel_multipliers=(1, 2, 2), norm_groups=8,
-                         codebook_size=codebook_size, code_dim=8, mid_attention=False)
-    shapes = jax.eval_shape(VQGAN(config).init, jax.random.key(0),
-                            jnp.zeros((1, image_size, image_size, 3)))
-    rng = np.random.default_rng(seed)
-
-    def draw(key_path, leaf):
-        name = jax.tree_util.keystr(key_path)
-        if "params" not in name or name.endswith("['bias']"):
-            return np.zeros(leaf.shape, leaf.dtype)
-        if name.endswith("['scale']"):
-            return np.ones(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-        return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(draw, shapes)
-    return ImageTokenizer(config, variables, batch_size=8).save(path)
 
 
 DATA = dict(source="shapes", image_size=32, num_train=16, num_validation=8, num_test=8, seed=0)
@@ -53,8 +29,8 @@ DATA = dict(source="shapes", image_size=32, num_train=16, num_validation=8, num_
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("superres")
-    low = _random_tokenizer(root / "low_vqgan", 32)
-    high = _random_tokenizer(root / "tokenizers_hr" / "image_tokenizer", 64)
+    low = tiny_stack.fast_random_image_tokenizer(root / "low_vqgan", 32)
+    high = tiny_stack.fast_random_image_tokenizer(root / "tokenizers_hr" / "image_tokenizer", 64)
     text = TextTokenizer.train(iter(tiny_stack.CORPUS), TextTokenizerConfig(vocab_size=320))
     base = Vocabulary.build(text, str(low), VocabConfig(num_mask_sentinels=16))
     base.save(root / "vocab")
@@ -240,7 +216,7 @@ def test_mismatched_base_tokenizer_is_refused(stack, tmp_path):
                       num_heads=2, max_seq_len=384)
     up = upsampler.Upsampler({}, cfg, vocab, meta, export_dir)
     up.check_base(base)
-    other_tok = _random_tokenizer(tmp_path / "other_vqgan", 32, seed=1)
+    other_tok = tiny_stack.fast_random_image_tokenizer(tmp_path / "other_vqgan", 32, seed=1)
     other = Vocabulary(base.text_tokenizer, base.codebook_size, base.code_shape, str(other_tok),
                        base.config)
     with pytest.raises(upsampler.UpsamplerMismatch, match="fingerprint .* not the low-res"):

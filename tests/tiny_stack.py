@@ -31,9 +31,9 @@ def write_vocab(directory, image_size=32, corpus=CORPUS):
     return vocab
 
 
-def fast_random_vocab(directory, image_size=32, codebook_size=64):
-    """`write_vocab`'s vocabulary, with the random VQ-GAN's variables drawn in numpy from their
-    shapes (`jax.eval_shape`): compiling the VQ-GAN's `init` costs ~15 s on CPU."""
+def fast_random_image_tokenizer(path, image_size=32, codebook_size=64, seed=0):
+    """A random VQ-GAN export whose variables are drawn in numpy from their shapes
+    (`jax.eval_shape`): compiling the VQ-GAN's `init` costs ~15 s on CPU."""
     import numpy as np  # noqa: PLC0415
 
     config = VQGANConfig(image_size=image_size, downsample_factor=4, channels=16,
@@ -41,10 +41,10 @@ def fast_random_vocab(directory, image_size=32, codebook_size=64):
                          codebook_size=codebook_size, code_dim=8, mid_attention=False)
     shapes = jax.eval_shape(VQGAN(config).init, jax.random.key(0),
                             jnp.zeros((1, image_size, image_size, 3)))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
 
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
+    def draw(key_path, leaf):
+        name = jax.tree_util.keystr(key_path)
         if "params" not in name or name.endswith("['bias']"):
             return np.zeros(leaf.shape, leaf.dtype)
         if name.endswith("['scale']"):
@@ -53,8 +53,13 @@ def fast_random_vocab(directory, image_size=32, codebook_size=64):
         return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
 
     variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    return ImageTokenizer(config, variables, batch_size=8).save(path)
+
+
+def fast_random_vocab(directory, image_size=32, codebook_size=64):
+    """`write_vocab`'s vocabulary with `fast_random_image_tokenizer`'s VQ-GAN."""
     directory.mkdir(parents=True, exist_ok=True)
-    image_path = ImageTokenizer(config, variables, batch_size=8).save(directory / "vqgan")
+    image_path = fast_random_image_tokenizer(directory / "vqgan", image_size, codebook_size)
     text = TextTokenizer.train(iter(CORPUS), TextTokenizerConfig(vocab_size=320))
     vocab = Vocabulary.build(text, str(image_path), VocabConfig(num_mask_sentinels=16))
     vocab.save(directory)
