@@ -622,6 +622,12 @@ class VQGANTrainConfig(Section):
       Orbax checkpoints. keep_checkpoints: how many checkpoints Orbax keeps.
     eval_batch_size: batch of the final test-split evaluation. shuffle_buffer: tf.data shuffle.
     seed: parameter initialisation, shuffling and codebook restarts.
+    crop_size: train on random crop_size x crop_size crops of each image (0: whole images). The
+      VQ-GAN is convolutional (its one attention block has no positions), so a tokenizer for large
+      images trains at the cost of small ones and still encodes whole images; taming does the same.
+    init_from: an image tokenizer export (or a train_vqgan workdir holding one) whose weights and
+      codebook start a fresh run ('' = random initialisation). Its architecture must equal this
+      config's except image_size: a tokenizer for a new resolution fine-tunes from an existing one.
     """
 
     num_steps: int = 3000
@@ -640,8 +646,11 @@ class VQGANTrainConfig(Section):
     eval_batch_size: int = 100
     shuffle_buffer: int = 10000
     seed: int = 0
+    crop_size: int = 0
+    init_from: str = ""
 
     def check(self, prefix: str) -> None:
+        require_positive(f"{prefix}.crop_size", self.crop_size, allow_zero=True)
         for name in ("num_steps", "batch_size", "learning_rate", "log_every", "image_every",
                      "checkpoint_every", "keep_checkpoints", "eval_batch_size", "shuffle_buffer",
                      "discriminator_learning_rate"):

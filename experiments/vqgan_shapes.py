@@ -35,7 +35,7 @@ def get_config(arg=None):
         num_steps=12000, batch_size=8, learning_rate=2e-3, warmup_steps=100,
         final_learning_rate_fraction=0.05, adam_b1=0.9, adam_b2=0.99,
         discriminator_learning_rate=2e-4, log_every=100, image_every=1000, checkpoint_every=1000,
-        eval_batch_size=100, seed=0))
+        eval_batch_size=100, seed=0, crop_size=0, init_from=""))
     cfg.text_tokenizer = ml_collections.ConfigDict(dict(vocab_size=512))
     cfg.vocab = ml_collections.ConfigDict(dict(num_mask_sentinels=16, pad_to_multiple=128))
     return cfg

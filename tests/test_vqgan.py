@@ -291,3 +291,34 @@ def test_config_mismatch_with_data_is_reported(tmp_path):
     cfg.vqgan.image_size = 64
     with pytest.raises(ConfigError, match=r"vqgan\.image_size.*data\.image_size"):
         train_vqgan.read_config(cfg)
+
+
+def test_warm_start_from_another_resolution_trains_on_crops(tmp_path):
+    """A 64-px tokenizer starts from a 32-px export's weights and trains on 32-px crops."""
+    source_config = tiny_config(mid_attention=False)
+    source = ImageTokenizer(source_config, init_variables(source_config, seed=5))
+    source.save(tmp_path / "source")
+    cfg = _run_config(tmp_path, num_steps=2)
+    cfg.data.image_size = cfg.vqgan.image_size = 64
+    cfg.vqgan_train.update(crop_size=32, init_from=str(tmp_path / "source"), learning_rate=1e-7,
+                           checkpoint_every=100)
+    data_cfg, _, train_cfg = train_vqgan.read_config(cfg)
+    batch = next(train_vqgan.train_images(data_cfg, str(tmp_path), 4, seed=0, shuffle_buffer=8,
+                                          crop_size=train_cfg.crop_size))
+    assert batch.shape == (4, 32, 32, 3) and batch.dtype == np.uint8
+    state, _ = train_vqgan.train(cfg, str(tmp_path / "run"))
+    close = jax.tree.map(lambda a, b: np.allclose(a, b, atol=1e-4), state.params,
+                         dict(source.variables["params"]))
+    assert all(jax.tree.leaves(close))  # two steps at lr 1e-7 barely move the source weights
+    fresh = init_variables(tiny_config(mid_attention=False, image_size=64), seed=0)["params"]
+    assert not np.allclose(state.params["decoder"]["conv_out"]["kernel"],
+                           fresh["decoder"]["conv_out"]["kernel"])
+
+    other = tiny_config(mid_attention=False, codebook_size=32)
+    ImageTokenizer(other, init_variables(other)).save(tmp_path / "other")
+    cfg.vqgan_train.init_from = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"init_from=.*another architecture.*codebook"):
+        train_vqgan.train(cfg, str(tmp_path / "run_other"))
+    cfg.vqgan_train.crop_size = 30
+    with pytest.raises(ConfigError, match=r"vqgan_train\.crop_size=30.*multiple"):
+        train_vqgan.read_config(cfg)

@@ -55,6 +55,11 @@ def read_config(cfg: ml_collections.ConfigDict) -> tuple[DataConfig, VQGANConfig
     if model.image_size != data.image_size:
         raise ConfigError(f"config.vqgan.image_size={model.image_size!r}: must equal "
                           f"config.data.image_size={data.image_size} (the images it will read)")
+    if train.crop_size and (train.crop_size > model.image_size
+                            or train.crop_size % model.downsample_factor):
+        raise ConfigError(f"config.vqgan_train.crop_size={train.crop_size!r}: must be at most "
+                          f"config.vqgan.image_size={model.image_size} and a multiple of "
+                          f"config.vqgan.downsample_factor={model.downsample_factor} (or 0)")
     devices = jax.device_count()
     if train.batch_size % devices:
         raise ConfigError(f"config.vqgan_train.batch_size={train.batch_size!r}: must be divisible "
@@ -74,12 +79,13 @@ def make_mesh() -> Mesh:
 
 
 def train_images(data: DataConfig, workdir: str, local_batch: int, seed: int,
-                 shuffle_buffer: int) -> Iterator[np.ndarray]:
+                 shuffle_buffer: int, crop_size: int = 0) -> Iterator[np.ndarray]:
     """Endless uint8 batches [local_batch, S, S, 3] of this process's share of the train split.
 
     Edit targets (shapes' `edit.image`) are images the tokenizer must also encode later, so they
     are trained on too. The shuffle is seeded; a resumed run passes a seed that includes the step,
-    so its order is deterministic but not a replay of the interrupted run.
+    so its order is deterministic but not a replay of the interrupted run. With `crop_size`, each
+    image is a random S = crop_size crop, drawn anew every epoch from the same seeded stream.
     """
     dataset = sources.load(data, workdir, "train", shuffle_files=False)
     dataset = dataset.shard(jax.process_count(), jax.process_index())
@@ -92,6 +98,12 @@ def train_images(data: DataConfig, workdir: str, local_batch: int, seed: int,
 
     dataset = dataset.flat_map(images).cache()
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    if crop_size:
+        crop_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, crop_seeds).map(
+            lambda image, crop_seed: tf.image.stateless_random_crop(
+                image, (crop_size, crop_size, 3), seed=crop_seed),
+            num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(local_batch, drop_remainder=True).prefetch(2)
     return dataset.as_numpy_iterator()
 
@@ -294,6 +306,31 @@ def checkpoint_manager(workdir: str, train: VQGANTrainConfig) -> ocp.CheckpointM
     return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
 
 
+def warm_start(state: TrainState, init_from: str, sharding: NamedSharding) -> TrainState:
+    """`state` with the weights and codebook of the tokenizer export at `init_from`.
+
+    The optimizer state stays fresh. The source may differ in image_size only (the parameters do
+    not depend on it); any other difference shows up as a parameter of another shape, named here.
+    """
+    source = ImageTokenizer.load(init_from).variables
+    target = variables_of(state)
+    shapes = lambda tree: {jax.tree_util.keystr(path): np.shape(leaf)  # noqa: E731
+                           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    have, want = shapes(source), shapes(target)
+    differing = sorted(name for name in have.keys() | want.keys()
+                       if have.get(name) != want.get(name))
+    if differing:
+        details = ", ".join(f"{name}: {have.get(name, 'absent')} in the source, "
+                            f"{want.get(name, 'absent')} here" for name in differing[:3])
+        raise ConfigError(f"config.vqgan_train.init_from={init_from!r}: its VQ-GAN has another "
+                          f"architecture than config.vqgan ({len(differing)} parameters differ; "
+                          f"{details})")
+    logging.info("initialised from the tokenizer at %s", init_from)
+    placed = jax.device_put(jax.tree.map(jnp.asarray, dict(source)), sharding)
+    return state.replace(params=placed["params"],
+                         vq_state=placed.get(quantizer.STATE, state.vq_state))
+
+
 def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
     latest = manager.latest_step()
     if latest is None:
@@ -339,6 +376,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
     manager = checkpoint_manager(workdir, train_cfg)
     state = restore_or_keep(manager, state)
     start_step = int(state.step)
+    if train_cfg.init_from and start_step == 0:
+        state = warm_start(state, train_cfg.init_from, NamedSharding(mesh, P()))
 
     is_chief = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
@@ -351,7 +390,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
 
     local_batch = train_cfg.batch_size // jax.process_count()
     batches = train_images(data_cfg, data_workdir, local_batch,
-                           train_cfg.seed * 1_000_003 + start_step, train_cfg.shuffle_buffer)
+                           train_cfg.seed * 1_000_003 + start_step, train_cfg.shuffle_buffer,
+                           train_cfg.crop_size)
     grid_images, _ = split_examples(data_cfg, data_workdir, "validation", limit=GRID_IMAGES)
     steps = {use_gan: compile_step(make_train_step(
         model, discriminator, generator_tx, discriminator_tx, model_cfg, train_cfg.seed,
