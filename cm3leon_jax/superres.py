@@ -1,7 +1,7 @@
 """Super-resolution stage: trains the token-space upsampler, then evaluates it on the test split.
 
     python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_shapes_64.py \
-        --workdir W/tokenizers_hr                                   # the high-res VQ-GAN
+        --workdir W/tokenizers_hr --config.vqgan_train.init_from=<base VQ-GAN>  # high-res VQ-GAN
     python -m cm3leon_jax.superres --config experiments/superres_shapes.py --workdir W
 
 CM3leon generates at base resolution and relies on a separately trained super-resolution stage.
@@ -60,7 +60,7 @@ class SuperresConfig(config_lib.Section):
     high_tokenizer: the high-resolution VQ-GAN; empty = `<workdir>/tokenizers_hr`.
     vocab_dir: the base vocabulary (text tokenizer and id layout); empty = the one named by
       `<workdir>/prepared/manifest.json`, else `<workdir>/vocab`.
-    use_caption: condition on the caption too (`<break> caption <break>` after the low codes).
+    use_caption: condition on the caption too (`caption <break>` before the low codes).
     caption_dropout: share of training rows whose caption is dropped (so captionless prompts work).
     max_caption_tokens: captions are cut to this many text ids.
     seq_len: tokens per row; 0 = the longest row, rounded up to a multiple of 8.
@@ -263,7 +263,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = mesh_lib.make_mesh(mesh_cfg)
     batch_sharding = sharding.batch_sharding(mesh, mesh_cfg.logical_axis_rules())
     fingerprint = hashlib.sha256(json.dumps(
-        [low_fp, high_fp, meta.text_fingerprint, train_key, sr.use_caption]).encode()).hexdigest()
+        [low_fp, high_fp, meta.text_fingerprint, train_key, sr.use_caption,
+         upsampler.FORMAT_VERSION]).encode()).hexdigest()
 
     def batches(low, high, captions, repeat, **kwargs):
         return superres_pairs.PairBatches(

@@ -4,9 +4,18 @@ CM3leon generates at base resolution and a separately trained stage upsamples. H
 the project's own decoder (`models/decoder.py`, a smaller config) reading the base image's codes
 and writing the codes of a second, high-resolution VQ-GAN:
 
-    row:     <boi> low codes <eoi> <break> [caption <break>] <boi> high codes <eoi> <eos>
-    prompt:  everything up to and including the second <boi>
+    row:     [caption <break>] <boi> aligned low codes <eoi> <break> <boi> high codes <eoi> <eos>
+    prompt:  everything up to and including the last <boi>
     loss:    on the high codes only (weights 1 there, 0 elsewhere)
+
+"Aligned" low codes: the low-res code grid repeated up to the high grid (each low code once per
+high code it lies under, in the high grid's raster order), so high code i and the low code under
+it are always the same distance apart (high grid + 3 tokens), whatever the caption. A model with
+relative positions (the chameleon preset's RoPE) then finds "the low code under me" and its
+neighbours at fixed offsets. The first layout, the compact 8x8 low grid before the high codes,
+put high code i at a distance from its low code that changes with i: two upsamplers trained on it
+learned the "copy the previous high code" rule and little from the low codes, and greedy decoding
+collapsed to a flat image (docs/RESULTS.md, "Super-resolution").
 
 Two codebooks, one id space (`UpsamplerVocab`). The unified vocabulary (`vocab.py`) has one image
 code range; the upsampler keeps the base vocabulary's layout *unchanged* (special tokens, text
@@ -55,7 +64,7 @@ RUN_DIR = "superres"  # the stage's run directory inside a project workdir
 EXPORT_DIR = "upsampler"  # inside the run directory
 META_FILE = "upsampler.json"
 LOW_TOKENIZER, HIGH_TOKENIZER = "low_tokenizer", "high_tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: caption first, aligned low codes (1: compact low grid first)
 GREEDY = SamplingConfig(temperature=0.0)
 
 
@@ -106,6 +115,12 @@ class UpsamplerVocab:
         self.high_offset = base.used_size
         self.high_codebook_size = int(high_codebook_size)
         self.high_code_shape = (int(high_code_shape[0]), int(high_code_shape[1]))
+        if any(high % low for high, low in zip(self.high_code_shape, self.low_code_shape)) or \
+                self.high_code_shape[0] * self.low_code_shape[1] != \
+                self.high_code_shape[1] * self.low_code_shape[0]:
+            raise UpsamplerMismatch(f"the high-res code grid {self.high_code_shape} must be the "
+                                    f"low-res grid {self.low_code_shape} times one integer (each "
+                                    "low code covers a square block of high codes)")
         self.used_size = self.high_offset + self.high_codebook_size
         multiple = pad_to_multiple or base.config.pad_to_multiple
         self.vocab_size = -(-self.used_size // multiple) * multiple
@@ -161,17 +176,29 @@ class UpsamplerVocab:
                              f"{codes.max()}]")
         return codes.reshape(-1).astype(np.int64)
 
-    def prompt(self, low_codes, caption_ids: Optional[Sequence[int]] = None) -> np.ndarray:
-        """int32 ids `<boi> low <eoi> <break> [caption <break>] <boi>` (caption_ids: base text
-        ids, `encode_text`; None or empty: no caption)."""
+    @property
+    def scale(self) -> int:
+        """High code grid side / low code grid side (an integer: each low code covers scale^2)."""
+        return self.high_code_shape[0] // self.low_code_shape[0]
+
+    def aligned_low(self, low_codes) -> np.ndarray:
+        """Low codes [h, w] -> ids [H*W]: each high position's own low code, raster order."""
         low = self._check_codes(low_codes, self.low_code_shape, self.low_codebook_size, "low-res")
-        ids = [self.boi_id, *(self.low_offset + low).tolist(), self.eoi_id, self.break_id]
+        grid = low.reshape(self.low_code_shape)
+        aligned = np.repeat(np.repeat(grid, self.scale, axis=0), self.scale, axis=1)
+        return self.low_offset + aligned.reshape(-1)
+
+    def prompt(self, low_codes, caption_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+        """int32 ids `[caption <break>] <boi> aligned low <eoi> <break> <boi>` (caption_ids: base
+        text ids, `encode_text`; None or empty: no caption)."""
+        ids = []
         if caption_ids is not None and len(caption_ids):
             caption = np.asarray(caption_ids, np.int64)
             if not np.all((caption >= self.text_offset) & (caption < self.low_offset)):
                 raise ValueError("caption ids must be text ids of the base vocabulary")
             ids += [*caption.tolist(), self.break_id]
-        ids.append(self.boi_id)
+        ids += [self.boi_id, *self.aligned_low(low_codes).tolist(), self.eoi_id, self.break_id,
+                self.boi_id]
         return np.asarray(ids, np.int32)
 
     def row(self, low_codes, high_codes, caption_ids: Optional[Sequence[int]] = None
@@ -188,10 +215,9 @@ class UpsamplerVocab:
         return ids, weights
 
     def max_row_length(self, max_caption_tokens: int = 0) -> int:
-        low = self.low_code_shape[0] * self.low_code_shape[1]
         high = self.high_code_shape[0] * self.high_code_shape[1]
         caption = max_caption_tokens + 1 if max_caption_tokens else 0
-        return (low + 3) + caption + 1 + high + 2
+        return caption + (high + 4) + high + 2
 
     def layout(self) -> dict:
         return {"low_offset": self.low_offset, "low_codebook_size": self.low_codebook_size,

@@ -74,23 +74,34 @@ def test_two_code_ranges_and_rows(stack):
     ids, weights = vocab.row(low, high, caption)
     prompt = vocab.prompt(low, caption)
     assert np.array_equal(ids[:len(prompt)], prompt) and prompt[-1] == vocab.boi_id
-    # The conditioning holds the low codes (at the base model's ids) and no high-res code.
+    # Caption first, then the low codes (at the base model's ids) repeated up to the high grid,
+    # and no high-res code anywhere in the conditioning.
     assert not np.any(vocab.high_mask()[prompt])
-    assert np.array_equal(prompt[1:65] - base.image_offset, low.reshape(-1))
+    assert np.array_equal(prompt[:len(caption)], caption)
+    start = len(caption) + 2  # caption <break> <boi>
+    aligned = (prompt[start:start + 256] - base.image_offset).reshape(16, 16)
+    assert np.array_equal(aligned, np.kron(low, np.ones((2, 2), int)))
     # The loss is on the 256 high codes and nothing else.
     assert weights.sum() == 256 and np.all(vocab.high_mask()[ids[weights > 0]])
     assert np.array_equal(ids[weights > 0] - vocab.high_offset, high.reshape(-1))
+    # High code i sits a fixed distance after the low code under it, with or without a caption.
+    for row_ids, row_weights in (vocab.row(low, high, caption), vocab.row(low, high)):
+        high_at = np.flatnonzero(row_weights > 0)
+        low_at = np.flatnonzero(vocab.low_mask()[row_ids])
+        assert np.all(high_at - low_at == 256 + 3)
     assert ids[-2:].tolist() == [vocab.eoi_id, vocab.eos_id]
     assert len(ids) == vocab.max_row_length(len(caption))
     with pytest.raises(ValueError, match="high-res codes must be in"):
         vocab.row(low, high + 64)
+    with pytest.raises(upsampler.UpsamplerMismatch, match="times one integer"):
+        upsampler.UpsamplerVocab(base, 64, (12, 12))
 
 
 def test_batches_resume_and_pad(stack):
     vocab = _vocab(stack)
     rng = np.random.default_rng(1)
     low, high = rng.integers(0, 64, (5, 8, 8)), rng.integers(0, 64, (5, 16, 16))
-    make = lambda **kw: superres_pairs.PairBatches(vocab, low, high, seq_len=336,  # noqa: E731
+    make = lambda **kw: superres_pairs.PairBatches(vocab, low, high, seq_len=520,  # noqa: E731
                                                    global_batch_size=4, seed=3, **kw)
     stream = make()
     first = [next(stream) for _ in range(3)]
@@ -110,7 +121,7 @@ def test_target_codes_do_not_leak_into_earlier_logits(stack):
     rng = np.random.default_rng(2)
     ids, _ = vocab.row(rng.integers(0, 64, (8, 8)), rng.integers(0, 64, (16, 16)))
     cfg = ModelConfig(preset="cm3leon", vocab_size=vocab.vocab_size, num_layers=2, d_model=32,
-                      num_heads=2, max_seq_len=336, zero_init_output_projections=False)
+                      num_heads=2, max_seq_len=520, zero_init_output_projections=False)
     model = Decoder(cfg)
     params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
     apply = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
@@ -165,7 +176,7 @@ def _config(root, vocab_size):
     cfg.superres.grid_images = 2
     cfg.model = ml_collections.ConfigDict(dict(
         preset="cm3leon", vocab_size=vocab_size, num_layers=1, d_model=32, num_heads=2,
-        max_seq_len=384, zero_init_output_projections=False))
+        max_seq_len=576, zero_init_output_projections=False))
     cfg.train = ml_collections.ConfigDict(dict(
         steps=2, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1, eval_every=0,
         eval_batches=1, checkpoint_every=2, async_checkpoints=False))
@@ -213,7 +224,7 @@ def test_mismatched_base_tokenizer_is_refused(stack, tmp_path):
     vocab, meta = upsampler.export(export_dir, base, base.image_tokenizer_path, high,
                                    use_caption=False, max_caption_tokens=8)
     cfg = ModelConfig(preset="cm3leon", vocab_size=vocab.vocab_size, num_layers=1, d_model=32,
-                      num_heads=2, max_seq_len=384)
+                      num_heads=2, max_seq_len=576)
     up = upsampler.Upsampler({}, cfg, vocab, meta, export_dir)
     up.check_base(base)
     other_tok = tiny_stack.fast_random_image_tokenizer(tmp_path / "other_vqgan", 32, seed=1)
@@ -236,3 +247,22 @@ def test_mismatched_base_tokenizer_is_refused(stack, tmp_path):
                                superres.SuperresConfig(use_caption=True, max_caption_tokens=8))
     superres._check_resume(tmp_path / "run", meta.low_tokenizer_fingerprint,
                            meta.high_tokenizer_fingerprint, same_prompts)  # nothing changed
+
+
+def test_demo_superres_stage_follows_the_demo_data_and_tokenizer():
+    """The demo's high-res VQ-GAN is the base architecture at twice the size (so it can start
+    from the base weights) and both stage configs read the demo's data, also after overrides."""
+    from cm3leon_jax import demo, experiment_files  # noqa: PLC0415
+    from cm3leon_jax.cli import EXPERIMENTS  # noqa: PLC0415
+
+    cfg = experiment_files.config(str(EXPERIMENTS / "demo.py"), "demo")
+    cfg.data.num_train = 500
+    high, up = demo.superres_configs(cfg)
+    assert high.data.image_size == high.vqgan.image_size == 2 * cfg.data.image_size
+    assert {k: v for k, v in high.vqgan.items() if k not in ("image_size",
+                                                            "discriminator_weight")} == \
+        {k: v for k, v in cfg.vqgan.items() if k not in ("image_size", "discriminator_weight")}
+    assert high.data.num_train == up.data.num_train == 500
+    assert up.data.image_size == cfg.data.image_size
+    assert high.vqgan_train.crop_size == cfg.data.image_size
+    demo.validate(cfg)
