@@ -12,7 +12,10 @@ library calls as its own entry point, and leaves something to look at after each
 6. sft: instruction tuning from the pretrained weights;
 7. evaluate: the tuned model on the first `demo.eval_examples` test examples (text-to-image
    judged by the verifier and FID, captioning CIDEr-D, VQA, editing; `cm3leon_jax/evaluate.py`),
-   with a real-vs-generated grid `W/demo/text2image.png`.
+   with a real-vs-generated grid `W/demo/text2image.png`;
+8. superres: a VQ-GAN at twice the image size, fine-tuned from the base one on base-size crops,
+   the upsampler trained on it (`cm3leon_jax/superres.py`), and the tuned model's text-to-image
+   at base resolution next to its upscaled version, `W/demo/upscaled.png`.
 
 `--config.demo.stages` runs a prefix of them (every stage needs the ones before it).
 """
@@ -131,6 +134,21 @@ def superres_configs(cfg: ml_collections.ConfigDict
                      "crop_size": cfg.data.image_size}))  # a step costs a base-size step
     upsampler = ml_collections.ConfigDict(cfg.demo.superres.upsampler.to_dict())
     upsampler.data = ml_collections.ConfigDict(cfg.data.to_dict())
+    # Rows and vocabulary follow the sizes too: <boi> aligned low <eoi> <break> <boi> high <eoi>
+    # <eos> (+ caption <break>); specials + text pieces + two codebooks of the same size.
+    from cm3leon_jax import vocab as vocab_lib  # noqa: PLC0415
+
+    vqgan = config.section(high, "vqgan", config.VQGANConfig)
+    vocab_cfg = (config.section(cfg, "vocab", config.VocabConfig) if "vocab" in cfg
+                 else config.VocabConfig())
+    sr = upsampler.superres
+    high_codes = (size // vqgan.downsample_factor) ** 2
+    row = 2 * high_codes + 6 + (sr.max_caption_tokens + 1 if sr.use_caption else 0)
+    used = (len(vocab_lib.STRUCTURAL) + vocab_cfg.num_mask_sentinels
+            + cfg.text_tokenizer.vocab_size + 2 * vqgan.codebook_size)
+    upsampler.model.max_seq_len = max(upsampler.model.max_seq_len, -(-row // 8) * 8)
+    upsampler.model.vocab_size = max(upsampler.model.vocab_size,
+                                     -(-used // vocab_cfg.pad_to_multiple) * vocab_cfg.pad_to_multiple)
     return high, upsampler
 
 
@@ -178,14 +196,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     config.mesh_config(cfg)
     config.retrieval_config(cfg)
     config.sft_config(cfg)
-    config.section(cfg, "vqgan", config.VQGANConfig)
-    config.section(cfg, "vqgan_train", config.VQGANTrainConfig)
+    from cm3leon_jax.tokenizers import train_vqgan  # noqa: PLC0415
+
+    train_vqgan.read_config(cfg)  # the VQ-GAN sections, and their image size against the data
     config.section(cfg, "text_tokenizer", config.TextTokenizerConfig)
     for name in ("pretrain_train", "sft_train"):
         config.from_dict(cfg.demo[name], config.TrainConfig, prefix=f"demo.{name}")
     if "superres" in cfg.demo.stages:
         from cm3leon_jax import superres  # noqa: PLC0415
-        from cm3leon_jax.tokenizers import train_vqgan  # noqa: PLC0415
 
         high_cfg, upsampler_cfg = superres_configs(cfg)
         train_vqgan.read_config(high_cfg)

@@ -119,6 +119,9 @@ def _check_resume(directory: epath.Path, low_fp: str, high_fp: str, sr: Superres
     if not meta_file.exists() or not (directory / "checkpoints").exists():
         return
     saved = json.loads(meta_file.read_text())
+    if saved.get("format_version", 1) != upsampler.FORMAT_VERSION:
+        raise upsampler.UpsamplerMismatch(upsampler.format_message(
+            directory, saved.get("format_version", 1)))
     for name, now in (("low", low_fp), ("high", high_fp)):
         before = saved[f"{name}_tokenizer_fingerprint"]
         if before != now:

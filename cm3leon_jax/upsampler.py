@@ -287,6 +287,15 @@ def export(directory, base_vocab, low_tokenizer_path, high_tokenizer_path, *,
     return vocab, meta
 
 
+def format_message(where, found: int) -> str:
+    """Why an upsampler of another row format cannot be read, and what to do."""
+    return (f"{where} holds an upsampler of row format {found}; this code writes and reads format "
+            f"{FORMAT_VERSION} (format 1 put the compact low-res grid before the high codes, "
+            "format 2 puts the caption first and the low codes aligned to the high grid). Its "
+            "weights were trained on the other rows: retrain with `python -m cm3leon_jax.superres` "
+            "in a new --workdir (or move the old superres directory away)")
+
+
 def load_export(directory) -> tuple[UpsamplerVocab, UpsamplerMeta]:
     from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
 
@@ -297,8 +306,7 @@ def load_export(directory) -> tuple[UpsamplerVocab, UpsamplerMeta]:
                                 "experiments/superres_shapes.py --workdir W`")
     meta = UpsamplerMeta(**json.loads((directory / META_FILE).read_text()))
     if meta.format_version != FORMAT_VERSION:
-        raise ValueError(f"{directory / META_FILE}: format_version {meta.format_version}, this "
-                         f"code reads {FORMAT_VERSION}")
+        raise UpsamplerMismatch(format_message(directory, meta.format_version))
     base = Vocabulary.load(directory)
     vocab = UpsamplerVocab(base, meta.layout["high_codebook_size"],
                            tuple(meta.layout["high_code_shape"]))
@@ -345,6 +353,9 @@ class Upsampler:
         saved, _ = read_meta(run)
         model_cfg = config_lib.model_config(ml_collections.ConfigDict(saved["config"]))
         recorded = saved["config"].get("superres_recorded", {})
+        if recorded and recorded.get("format_version", 1) != meta.format_version:
+            raise UpsamplerMismatch(format_message(f"{run}'s checkpoint",
+                                                   recorded.get("format_version", 1)))
         if recorded and recorded.get("low_tokenizer_fingerprint") != \
                 meta.low_tokenizer_fingerprint:
             raise UpsamplerMismatch(f"{run}: the checkpoint was trained with low-res tokenizer "

@@ -240,6 +240,16 @@ def test_mismatched_base_tokenizer_is_refused(stack, tmp_path):
     with pytest.raises(upsampler.UpsamplerMismatch, match="another low-res tokenizer"):
         superres._check_resume(tmp_path / "run", upsampler.tokenizer_fingerprint(other_tok),
                                meta.high_tokenizer_fingerprint, same_prompts)
+    # ... and so is one written in the first row format, with what to do about it.
+    meta_file = tmp_path / "run" / "upsampler" / upsampler.META_FILE
+    saved = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**saved, "format_version": 1}))
+    with pytest.raises(upsampler.UpsamplerMismatch, match="row format 1.*retrain"):
+        superres._check_resume(tmp_path / "run", meta.low_tokenizer_fingerprint,
+                               meta.high_tokenizer_fingerprint, same_prompts)
+    with pytest.raises(upsampler.UpsamplerMismatch, match="row format 1.*retrain"):
+        upsampler.load_export(tmp_path / "run" / "upsampler")
+    meta_file.write_text(json.dumps(saved))
     # ... and so is one whose prompts would change (captions on now, off in the checkpoint).
     with pytest.raises(upsampler.UpsamplerMismatch, match="use_caption=False, now True"):
         superres._check_resume(tmp_path / "run", meta.low_tokenizer_fingerprint,

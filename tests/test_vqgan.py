@@ -322,3 +322,10 @@ def test_warm_start_from_another_resolution_trains_on_crops(tmp_path):
     cfg.vqgan_train.crop_size = 30
     with pytest.raises(ConfigError, match=r"vqgan_train\.crop_size=30.*multiple"):
         train_vqgan.read_config(cfg)
+
+
+def test_warm_start_from_a_missing_export_names_the_field(tmp_path):
+    cfg = _run_config(tmp_path, num_steps=2)
+    cfg.vqgan_train.update(init_from=str(tmp_path / "nothing_here"))
+    with pytest.raises(ConfigError, match=r"vqgan_train\.init_from=.*holds no image tokenizer"):
+        train_vqgan.train(cfg, str(tmp_path / "run"))

@@ -10,8 +10,8 @@
 
 `encode_pairs` turns pairs into code grids with both VQ-GANs (cached in the run directory, keyed by
 the tokenizers' fingerprints and the data config), and `PairBatches` serves the training loop's
-rows (`UpsamplerVocab.row`: the low codes, optionally the caption, then the high codes with the
-loss on them only) as resumable global batches.
+rows (`UpsamplerVocab.row`: optionally the caption, the low codes aligned to the high grid, then
+the high codes with the loss on them only) as resumable global batches.
 """
 
 from __future__ import annotations

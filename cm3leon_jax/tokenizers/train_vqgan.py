@@ -37,7 +37,7 @@ from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, DataConfig, VQGANConfig, VQGANTrainConfig
 from cm3leon_jax.data import sources
 from cm3leon_jax.data.shapes import builder, verifier
-from cm3leon_jax.tokenizers import grids, losses, quantizer
+from cm3leon_jax.tokenizers import grids, image_tokenizer, losses, quantizer
 from cm3leon_jax.tokenizers.discriminator import PatchDiscriminator
 from cm3leon_jax.tokenizers.image_tokenizer import EXPORT_DIR, ImageTokenizer
 from cm3leon_jax.tokenizers.vqgan import VQGAN, init_key, output_conv
@@ -60,6 +60,11 @@ def read_config(cfg: ml_collections.ConfigDict) -> tuple[DataConfig, VQGANConfig
         raise ConfigError(f"config.vqgan_train.crop_size={train.crop_size!r}: must be at most "
                           f"config.vqgan.image_size={model.image_size} and a multiple of "
                           f"config.vqgan.downsample_factor={model.downsample_factor} (or 0)")
+    if train.crop_size and model.discriminator_weight > 0 and \
+            train.crop_size // 2 ** model.discriminator_layers < 4:
+        raise ConfigError(f"config.vqgan_train.crop_size={train.crop_size!r}: the discriminator "
+                          f"sees the crops, and crop_size / 2**config.vqgan.discriminator_layers "
+                          f"({model.discriminator_layers}) must be >= 4")
     devices = jax.device_count()
     if train.batch_size % devices:
         raise ConfigError(f"config.vqgan_train.batch_size={train.batch_size!r}: must be divisible "
@@ -99,7 +104,8 @@ def train_images(data: DataConfig, workdir: str, local_batch: int, seed: int,
     dataset = dataset.flat_map(images).cache()
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     if crop_size:
-        crop_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        # Each process draws its own crop windows (the shuffle seed is shared by all of them).
+        crop_seeds = tf.data.Dataset.random(seed=seed * 7919 + jax.process_index()).batch(2)
         dataset = tf.data.Dataset.zip(dataset, crop_seeds).map(
             lambda image, crop_seed: tf.image.stateless_random_crop(
                 image, (crop_size, crop_size, 3), seed=crop_seed),
@@ -306,12 +312,31 @@ def checkpoint_manager(workdir: str, train: VQGANTrainConfig) -> ocp.CheckpointM
     return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
 
 
-def warm_start(state: TrainState, init_from: str, sharding: NamedSharding) -> TrainState:
+# What must match between a warm-start source and the model it starts (image_size need not).
+ARCHITECTURE_FIELDS = ("downsample_factor", "channels", "channel_multipliers", "num_res_blocks",
+                       "attention_resolutions", "mid_attention", "norm_groups", "codebook_size",
+                       "code_dim", "codebook_lookup", "codebook_update")
+
+
+def warm_start(state: TrainState, init_from: str, model_cfg: VQGANConfig,
+               sharding: NamedSharding) -> TrainState:
     """`state` with the weights and codebook of the tokenizer export at `init_from`.
 
-    The optimizer state stays fresh. The source may differ in image_size only (the parameters do
-    not depend on it); any other difference shows up as a parameter of another shape, named here.
+    The optimizer state stays fresh. The source may differ from `model_cfg` in image_size only
+    (no parameter depends on it); a difference in another architecture field is refused by name,
+    and a parameter of another shape too.
     """
+    field = f"config.vqgan_train.init_from={init_from!r}"
+    try:
+        source_cfg = image_tokenizer.read_config(init_from)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    differing = [f"{name} {getattr(source_cfg, name)!r} there, {getattr(model_cfg, name)!r} here"
+                 for name in ARCHITECTURE_FIELDS
+                 if getattr(source_cfg, name) != getattr(model_cfg, name)]
+    if differing:
+        raise ConfigError(f"{field}: its VQ-GAN has another architecture than config.vqgan "
+                          f"({'; '.join(differing)})")
     source = ImageTokenizer.load(init_from).variables
     target = variables_of(state)
     shapes = lambda tree: {jax.tree_util.keystr(path): np.shape(leaf)  # noqa: E731
@@ -377,7 +402,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
     state = restore_or_keep(manager, state)
     start_step = int(state.step)
     if train_cfg.init_from and start_step == 0:
-        state = warm_start(state, train_cfg.init_from, NamedSharding(mesh, P()))
+        state = warm_start(state, train_cfg.init_from, model_cfg, NamedSharding(mesh, P()))
 
     is_chief = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)

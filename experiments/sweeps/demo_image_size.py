@@ -5,8 +5,8 @@
         --finished_stage demo --workdir /tmp/sweeps/demo_image_size
 
 Each run is a full `python -m cm3leon_jax.demo` (every stage the demo has) in
-`/tmp/sweeps/demo_image_size/data.image_size=<16|32>,data.num_train=<500|2000>`; the table at the
-end and `sweep_summary.csv` put every stage's final figures side by side. Both sizes are multiples
+`/tmp/sweeps/demo_image_size/<the run's overrides>` (the VQ-GAN's image size moves with the
+data's); the table at the end and `sweep_summary.csv` put every stage's final figures side by side. Both sizes are multiples
 of 8 (config.data's rule for the VQ-GAN); a 16x16 image has a quarter of the pixels, hence a
 quarter of the image tokens, of a 32x32 one. The question: how much of the demo's quality comes
 from resolution and how much from the number of training scenes. `--finished_stage demo` counts a run as done only
@@ -19,8 +19,10 @@ for the four runs. The shapes verifier agrees with the ground truth on all 16 sh
 verifier's figures mean something from 32x32 up, which is why 32 stays the demo's default.
 """
 
-from cm3leon_jax.sweeps import product
+from cm3leon_jax.sweeps import product, zip_
 
 
 def get_sweep():
-    return product({"data.image_size": [16, 32], "data.num_train": [500, 2000]})
+    # The VQ-GAN reads the data's images, so its size moves with them.
+    return product(zip_({"data.image_size": [16, 32], "vqgan.image_size": [16, 32]}),
+                   {"data.num_train": [500, 2000]})
