@@ -134,21 +134,21 @@ def superres_configs(cfg: ml_collections.ConfigDict
                      "crop_size": cfg.data.image_size}))  # a step costs a base-size step
     upsampler = ml_collections.ConfigDict(cfg.demo.superres.upsampler.to_dict())
     upsampler.data = ml_collections.ConfigDict(cfg.data.to_dict())
-    # Rows and vocabulary follow the sizes too: <boi> aligned low <eoi> <break> <boi> high <eoi>
-    # <eos> (+ caption <break>); specials + text pieces + two codebooks of the same size.
-    from cm3leon_jax import vocab as vocab_lib  # noqa: PLC0415
+    # Rows and vocabulary follow the sizes too: specials + text pieces + two codebooks of the
+    # same size (the base vocabulary's layout, then the high codebook).
+    from cm3leon_jax import upsampler as upsampler_lib, vocab as vocab_lib  # noqa: PLC0415
 
     vqgan = config.section(high, "vqgan", config.VQGANConfig)
     vocab_cfg = (config.section(cfg, "vocab", config.VocabConfig) if "vocab" in cfg
                  else config.VocabConfig())
     sr = upsampler.superres
-    high_codes = (size // vqgan.downsample_factor) ** 2
-    row = 2 * high_codes + 6 + (sr.max_caption_tokens + 1 if sr.use_caption else 0)
+    side = size // vqgan.downsample_factor
+    row = upsampler_lib.row_length((side, side), sr.max_caption_tokens if sr.use_caption else 0)
     used = (len(vocab_lib.STRUCTURAL) + vocab_cfg.num_mask_sentinels
             + cfg.text_tokenizer.vocab_size + 2 * vqgan.codebook_size)
-    upsampler.model.max_seq_len = max(upsampler.model.max_seq_len, -(-row // 8) * 8)
+    upsampler.model.max_seq_len = max(upsampler.model.max_seq_len, vocab_lib.padded_size(row, 8))
     upsampler.model.vocab_size = max(upsampler.model.vocab_size,
-                                     -(-used // vocab_cfg.pad_to_multiple) * vocab_cfg.pad_to_multiple)
+                                     vocab_lib.padded_size(used, vocab_cfg.pad_to_multiple))
     return high, upsampler
 
 

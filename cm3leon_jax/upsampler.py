@@ -57,6 +57,7 @@ from typing import Optional, Sequence
 from etils import epath
 import numpy as np
 
+from cm3leon_jax import vocab as vocab_lib
 from cm3leon_jax.generation.sampling import SamplingConfig
 from cm3leon_jax.models import kv_cache
 
@@ -66,6 +67,14 @@ META_FILE = "upsampler.json"
 LOW_TOKENIZER, HIGH_TOKENIZER = "low_tokenizer", "high_tokenizer"
 FORMAT_VERSION = 2  # 2: caption first, aligned low codes (1: compact low grid first)
 GREEDY = SamplingConfig(temperature=0.0)
+
+
+def row_length(high_code_shape: Sequence[int], max_caption_tokens: int = 0) -> int:
+    """Tokens in the longest row: `[caption <break>] <boi> aligned low <eoi> <break> <boi> high
+    <eoi> <eos>`, both code runs as long as the high grid."""
+    high = int(high_code_shape[0]) * int(high_code_shape[1])
+    caption = max_caption_tokens + 1 if max_caption_tokens else 0
+    return caption + (high + 4) + high + 2
 
 
 class UpsamplerMismatch(ValueError):
@@ -122,8 +131,8 @@ class UpsamplerVocab:
                                     f"low-res grid {self.low_code_shape} times one integer (each "
                                     "low code covers a square block of high codes)")
         self.used_size = self.high_offset + self.high_codebook_size
-        multiple = pad_to_multiple or base.config.pad_to_multiple
-        self.vocab_size = -(-self.used_size // multiple) * multiple
+        self.vocab_size = vocab_lib.padded_size(self.used_size,
+                                                pad_to_multiple or base.config.pad_to_multiple)
         for name in ("pad_id", "eos_id", "break_id", "mask_id", "boi_id", "eoi_id",
                      "sentinel_ids", "text_offset", "text_tokenizer"):
             setattr(self, name, getattr(base, name))
@@ -145,25 +154,21 @@ class UpsamplerVocab:
     def tokens_per_image(self) -> int:
         return self.high_code_shape[0] * self.high_code_shape[1] + 2
 
-    def _range(self, start: int, stop: int) -> np.ndarray:
-        mask = np.zeros(self.vocab_size, bool)
-        mask[start:stop] = True
-        return mask
-
     def text_mask(self) -> np.ndarray:
-        return self._range(self.text_offset, self.low_offset)
+        return vocab_lib.range_mask(self.vocab_size, self.text_offset, self.low_offset)
 
     def low_mask(self) -> np.ndarray:
-        return self._range(self.low_offset, self.low_offset + self.low_codebook_size)
+        return vocab_lib.range_mask(self.vocab_size, self.low_offset,
+                                    self.low_offset + self.low_codebook_size)
 
     def high_mask(self) -> np.ndarray:
-        return self._range(self.high_offset, self.used_size)
+        return vocab_lib.range_mask(self.vocab_size, self.high_offset, self.used_size)
 
     def image_mask(self) -> np.ndarray:
         return self.high_mask()
 
     def special_mask(self) -> np.ndarray:
-        return self._range(0, self.text_offset)
+        return vocab_lib.range_mask(self.vocab_size, 0, self.text_offset)
 
     # rows
     def _check_codes(self, codes, shape, size, what) -> np.ndarray:
@@ -215,9 +220,7 @@ class UpsamplerVocab:
         return ids, weights
 
     def max_row_length(self, max_caption_tokens: int = 0) -> int:
-        high = self.high_code_shape[0] * self.high_code_shape[1]
-        caption = max_caption_tokens + 1 if max_caption_tokens else 0
-        return caption + (high + 4) + high + 2
+        return row_length(self.high_code_shape, max_caption_tokens)
 
     def layout(self) -> dict:
         return {"low_offset": self.low_offset, "low_codebook_size": self.low_codebook_size,
@@ -253,7 +256,6 @@ def export(directory, base_vocab, low_tokenizer_path, high_tokenizer_path, *,
            use_caption: bool, max_caption_tokens: int) -> tuple[UpsamplerVocab, UpsamplerMeta]:
     """Writes the upsampler directory (see the module docstring); returns its vocab and meta."""
     from cm3leon_jax.tokenizers import image_tokenizer  # noqa: PLC0415
-    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
 
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -267,8 +269,9 @@ def export(directory, base_vocab, low_tokenizer_path, high_tokenizer_path, *,
                 shutil.copyfile(source / file, target / file)
     low_cfg = image_tokenizer.read_config(directory / LOW_TOKENIZER)
     high_cfg = image_tokenizer.read_config(directory / HIGH_TOKENIZER)
-    base = Vocabulary(base_vocab.text_tokenizer, base_vocab.codebook_size, base_vocab.code_shape,
-                      str(directory / LOW_TOKENIZER), base_vocab.config)
+    base = vocab_lib.Vocabulary(base_vocab.text_tokenizer, base_vocab.codebook_size,
+                                base_vocab.code_shape, str(directory / LOW_TOKENIZER),
+                                base_vocab.config)
     if (low_cfg.codebook_size, (low_cfg.code_grid_size,) * 2) != (base.codebook_size,
                                                                   base.code_shape):
         raise UpsamplerMismatch(f"the low-res tokenizer {low_tokenizer_path} has codebook "
@@ -297,7 +300,6 @@ def format_message(where, found: int) -> str:
 
 
 def load_export(directory) -> tuple[UpsamplerVocab, UpsamplerMeta]:
-    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
 
     directory = epath.Path(directory)
     if not (directory / META_FILE).exists():
@@ -307,7 +309,7 @@ def load_export(directory) -> tuple[UpsamplerVocab, UpsamplerMeta]:
     meta = UpsamplerMeta(**json.loads((directory / META_FILE).read_text()))
     if meta.format_version != FORMAT_VERSION:
         raise UpsamplerMismatch(format_message(directory, meta.format_version))
-    base = Vocabulary.load(directory)
+    base = vocab_lib.Vocabulary.load(directory)
     vocab = UpsamplerVocab(base, meta.layout["high_codebook_size"],
                            tuple(meta.layout["high_code_shape"]))
     if vocab.layout() != meta.layout:

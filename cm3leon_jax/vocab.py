@@ -41,6 +41,18 @@ TEXT_MODEL_FILE = "text.model"
 FORMAT_VERSION = 1
 
 
+def padded_size(used: int, multiple: int) -> int:
+    """`used` ids rounded up to a multiple of `multiple` (the embedding table's row count)."""
+    return -(-used // multiple) * multiple
+
+
+def range_mask(size: int, start: int, stop: int) -> np.ndarray:
+    """bool [size], True on ids start .. stop-1."""
+    mask = np.zeros(size, bool)
+    mask[start:stop] = True
+    return mask
+
+
 def sentinel(index: int) -> str:
     """Name of the CM3 sentinel number `index`: <mask:index>."""
     return f"<mask:{index}>"
@@ -92,8 +104,7 @@ class Vocabulary:
         self.text_size = text_tokenizer.vocab_size
         self.image_offset = self.text_offset + self.text_size
         self.used_size = self.image_offset + self.codebook_size
-        multiple = config.pad_to_multiple
-        self.vocab_size = -(-self.used_size // multiple) * multiple
+        self.vocab_size = padded_size(self.used_size, config.pad_to_multiple)
 
     # ------------------------------------------------------------------------------ ids ------
 
@@ -144,22 +155,17 @@ class Vocabulary:
 
     # ----------------------------------------------------------------------------- masks -----
 
-    def _range_mask(self, start: int, stop: int) -> np.ndarray:
-        mask = np.zeros(self.vocab_size, bool)
-        mask[start:stop] = True
-        return mask
-
     def special_mask(self) -> np.ndarray:
         """bool [vocab_size]: the special tokens (structural and sentinels)."""
-        return self._range_mask(0, self.text_offset)
+        return range_mask(self.vocab_size, 0, self.text_offset)
 
     def text_mask(self) -> np.ndarray:
         """bool [vocab_size]: text piece ids."""
-        return self._range_mask(self.text_offset, self.image_offset)
+        return range_mask(self.vocab_size, self.text_offset, self.image_offset)
 
     def image_mask(self) -> np.ndarray:
         """bool [vocab_size]: image code ids."""
-        return self._range_mask(self.image_offset, self.used_size)
+        return range_mask(self.vocab_size, self.image_offset, self.used_size)
 
     def is_text(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
