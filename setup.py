@@ -29,6 +29,7 @@ setuptools.setup(
         "apache-beam",  # data preparation runs as a Beam pipeline (DirectRunner by default)
         "safetensors",  # Hugging Face export / CLIP import
         "pyyaml",  # model card header
+        "matplotlib",  # loss and learning curves as PNG (cm3leon_jax/plots.py)
     ],
     extras_require={
         # torch must be installed as `torch==2.13.0` *before* this extra (see .ci/run): an unpinned

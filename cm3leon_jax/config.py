@@ -273,6 +273,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+BACKWARD_CHOICES = ("auto", "custom", "autodiff")
 # What the Pallas splash kernel (`models/attention.py`) tiles: sequences in blocks of a multiple of
 # 128 tokens (the TPU's vector lane width), heads of a multiple of 64 wide (narrower heads are
 # padded to a lane inside the kernel; 64 and multiples of 128 are the widths it is used with).
@@ -321,6 +322,11 @@ class ModelConfig(Section):
     position_init_std: std of cm3leon's learned position embeddings.
     zero_init_output_projections: initialise each block's attention output and MLP down projection
       to zero, so every block starts as the identity (the CM3leon recipe).
+    backward: how gradients are computed (`models/backward.py`): `custom` uses the hand-written
+      backward passes of the weight matmuls, GELU, attention and the loss (measured faster on
+      XLA:CPU, docs/BENCHMARKS.md "Backward passes"), `autodiff` JAX's own, `auto` custom on CPU
+      and autodiff on GPU/TPU, where the hand-written ones are unmeasured. Same gradients either
+      way (tested against torch).
     """
 
     preset: str = "cm3leon"
@@ -346,6 +352,7 @@ class ModelConfig(Section):
     init_std: float = 0.006
     position_init_std: float = 0.0002
     zero_init_output_projections: bool = True
+    backward: str = "auto"
 
     @property
     def kv_heads(self) -> int:
@@ -385,6 +392,7 @@ class ModelConfig(Section):
         require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
         require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
         require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
+        require_choice(f"{prefix}.backward", self.backward, BACKWARD_CHOICES)
         if self.attention == "splash" and self.resolved_head_dim % SPLASH_HEAD_DIM_MULTIPLE:
             fail(f"{prefix}.attention", self.attention,
                  f"the splash kernel tiles heads of a multiple of {SPLASH_HEAD_DIM_MULTIPLE} "

@@ -158,7 +158,7 @@ def _masked_scores(grouped_query, key, mask, scale):
 
 
 def _xla_attention_autodiff(query, key, value, mask, scale):
-    """The textbook form, differentiated by JAX (kept as the reference the tests compare with)."""
+    """The textbook form, differentiated by JAX (`config.model.backward`, models/backward.py)."""
     scores = _masked_scores(_grouped(query, key.shape[2]), key, mask, scale)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, value)
@@ -221,7 +221,7 @@ def causal_query_blocks(length: int) -> int:
     return 1
 
 
-def _blockwise_causal_xla(query, key, value, segment_ids, blocks, scale):
+def _blockwise_causal_xla(query, key, value, segment_ids, blocks, scale, core):
     """Causal self-attention computed per query block against only the keys at or before the
     block's end: block i of n reads (i + 1) / n of the keys, so the n x n grid of score tiles
     shrinks to its lower triangle (10 of 16 tiles at n = 4, 36 of 64 at n = 8): fewer FLOPs and,
@@ -233,8 +233,7 @@ def _blockwise_causal_xla(query, key, value, segment_ids, blocks, scale):
         start, end = i * size, (i + 1) * size
         mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
                               jnp.arange(start, end), jnp.arange(end))
-        outputs.append(_xla_attention(query[:, start:end], key[:, :end], value[:, :end], mask,
-                                      scale))
+        outputs.append(core(query[:, start:end], key[:, :end], value[:, :end], mask, scale))
     return checkpoint_name(jnp.concatenate(outputs, axis=1), CHECKPOINT_NAME)
 
 
@@ -333,13 +332,15 @@ def _jax_nn_attention(query, key, value, mask, scale, implementation):
 def attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
               query_segment_ids: jax.Array, key_segment_ids: jax.Array,
               query_slots: Optional[jax.Array] = None, key_slots: Optional[jax.Array] = None,
-              implementation: str = "xla") -> jax.Array:
+              implementation: str = "xla", custom_backward: bool = True) -> jax.Array:
     """Scaled dot-product attention, causal by slot and blocked across segments.
 
     query [batch, q_len, heads, head_dim]; key, value [batch, kv_len, kv_heads, head_dim] with
     heads % kv_heads == 0 (grouped-query attention when kv_heads < heads). Default slots place the
     queries at the end of the keys (q_len == kv_len: ordinary causal self-attention).
-    Returns [batch, q_len, heads, head_dim] in the query dtype.
+    Returns [batch, q_len, heads, head_dim] in the query dtype. `custom_backward` picks the
+    xla path's hand-written VJP (`_xla_attention`) or autodiff of the textbook form
+    (`models/backward.py`).
     """
     q_len, kv_len = query.shape[1], key.shape[1]
     if query.shape[2] % key.shape[2]:
@@ -353,14 +354,15 @@ def attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     if implementation == "splash":
         return checkpoint_name(_splash(query, key, value, query_segment_ids, key_segment_ids),
                                CHECKPOINT_NAME)
+    core = _xla_attention if custom_backward else _xla_attention_autodiff
     if implementation == "xla" and self_attention and causal_query_blocks(q_len) > 1:
         return _blockwise_causal_xla(query, key, value, query_segment_ids,
-                                     causal_query_blocks(q_len), scale)
+                                     causal_query_blocks(q_len), scale, core)
     if query_slots is None:
         query_slots = jnp.arange(q_len) + (kv_len - q_len)
     if key_slots is None:
         key_slots = jnp.arange(kv_len)
     mask = attention_mask(query_segment_ids, key_segment_ids, query_slots, key_slots)
     if implementation == "xla":
-        return checkpoint_name(_xla_attention(query, key, value, mask, scale), CHECKPOINT_NAME)
+        return checkpoint_name(core(query, key, value, mask, scale), CHECKPOINT_NAME)
     return _jax_nn_attention(query, key, value, mask, scale, implementation)

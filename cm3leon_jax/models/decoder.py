@@ -48,6 +48,7 @@ import jax.numpy as jnp
 
 from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.models import attention as attention_lib
+from cm3leon_jax.models import backward as backward_lib
 from cm3leon_jax.models import kv_cache as kv_cache_lib
 from cm3leon_jax.models import matmul as matmul_lib
 from cm3leon_jax.models.kv_cache import KVCache
@@ -113,8 +114,9 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, inputs: BlockInputs,
                  layer_cache: Optional[tuple[jax.Array, jax.Array]]):
         cfg = self.config
+        custom_backward = backward_lib.use_custom(cfg.backward)
         dense = dict(init_std=cfg.init_std, dtype=DTYPES[cfg.dtype],
-                     param_dtype=DTYPES[cfg.param_dtype])
+                     param_dtype=DTYPES[cfg.param_dtype], custom_backward=custom_backward)
         heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
         q = Projection((heads, head_dim), ("embed", "heads", "head_dim"), name="q_proj",
                        **dense)(x)
@@ -145,7 +147,7 @@ class Attention(nn.Module):
             key_segment_ids=inputs.key_segment_ids,
             query_slots=inputs.query_slots if decoding else None,
             key_slots=jnp.arange(k.shape[1]) if decoding else None,
-            implementation=cfg.attention)
+            implementation=cfg.attention, custom_backward=custom_backward)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         out = Projection((cfg.d_model,), ("heads", "head_dim", "embed"), contract_dims=2,
                          zero_init=cfg.zero_init_output_projections, name="o_proj", **dense)(out)
@@ -164,7 +166,8 @@ class Block(nn.Module):
         mlp_cls = GeluMLP if cfg.preset == "cm3leon" else SwiGLU
         mlp = mlp_cls(hidden_dim=cfg.hidden_dim, init_std=cfg.init_std,
                       zero_init_output=cfg.zero_init_output_projections,
-                      dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name="mlp")
+                      dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                      custom_backward=backward_lib.use_custom(cfg.backward), name="mlp")
         attention = Attention(cfg, name="attention")
         attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
         if cfg.swin_norm:
@@ -221,12 +224,13 @@ class Decoder(nn.Module):
         if last_only:  # e.g. a prefill, which needs only the next token's logits
             x = x[:, -1:]
         x = _norm(cfg, "final_norm")(x)
+        custom_backward = backward_lib.use_custom(cfg.backward)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            logits = embed.attend(x, custom_backward)
         else:
             logits = Projection((cfg.vocab_size,), ("embed", "vocab"), init_std=cfg.init_std,
                                 dtype=dtype, param_dtype=param_dtype, out_dtype=jnp.float32,
-                                name="lm_head")(x)
+                                custom_backward=custom_backward, name="lm_head")(x)
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if cache is None:
             return logits

@@ -53,6 +53,7 @@ class Projection(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     out_dtype: Dtype | None = None  # default: dtype (the output head asks for float32 logits)
+    custom_backward: bool = True  # the hand-written matmul VJP (models/backward.py)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -62,7 +63,7 @@ class Projection(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
                             kernel_shape, self.param_dtype)
         return matmul.contract(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
-                               self.contract_dims, self.out_dtype)
+                               self.contract_dims, self.out_dtype, self.custom_backward)
 
 
 def _normalize(x: jax.Array, eps: float, subtract_mean: bool) -> jax.Array:
@@ -129,6 +130,12 @@ _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
 
+def gelu_autodiff(x: jax.Array) -> jax.Array:
+    """`gelu` with JAX's own VJP (`config.model.backward`, models/backward.py)."""
+    x32 = x.astype(jnp.float32)
+    return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))).astype(x.dtype)
+
+
 @jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU, x * Phi(x) with the erf form of Phi (torch `gelu`, HF OPT `gelu`).
@@ -138,8 +145,7 @@ def gelu(x: jax.Array) -> jax.Array:
     [tokens, mlp_dim] float32 intermediates (measured ~3x slower on CPU, where this elementwise
     work is memory-bound).
     """
-    x32 = x.astype(jnp.float32)
-    return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))).astype(x.dtype)
+    return gelu_autodiff(x)
 
 
 def _gelu_fwd(x):
@@ -164,12 +170,15 @@ class GeluMLP(nn.Module):
     zero_init_output: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    custom_backward: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                     custom_backward=self.custom_backward)
         h = Projection((self.hidden_dim,), ("embed", "mlp"), name="fc1", **dense)(x)
-        h = constrain(gelu(h), ("batch", "length", "mlp"))
+        activation = gelu if self.custom_backward else gelu_autodiff
+        h = constrain(activation(h), ("batch", "length", "mlp"))
         return Projection((x.shape[-1],), ("mlp", "embed"), zero_init=self.zero_init_output,
                           name="fc2", **dense)(h)
 
@@ -182,10 +191,12 @@ class SwiGLU(nn.Module):
     zero_init_output: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    custom_backward: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                     custom_backward=self.custom_backward)
         gate = Projection((self.hidden_dim,), ("embed", "mlp"), name="gate_proj", **dense)(x)
         up = Projection((self.hidden_dim,), ("embed", "mlp"), name="up_proj", **dense)(x)
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
@@ -215,10 +226,11 @@ class TokenEmbedding(nn.Module):
         table = constrain(jnp.asarray(self.embedding, self.dtype), ("vocab", None))
         return jnp.take(table, tokens, axis=0)
 
-    def attend(self, x: jax.Array) -> jax.Array:
+    def attend(self, x: jax.Array, custom_backward: bool = True) -> jax.Array:
         """Float32 logits straight from the float32 accumulator (no round trip through dtype)."""
         return matmul.contract_transposed(x.astype(self.dtype),
-                                          jnp.asarray(self.embedding, self.dtype), jnp.float32)
+                                          jnp.asarray(self.embedding, self.dtype), jnp.float32,
+                                          custom_backward)
 
 
 class PositionEmbedding(nn.Module):

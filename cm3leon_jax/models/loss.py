@@ -56,6 +56,14 @@ def _is_target(logits: jax.Array, targets: jax.Array) -> jax.Array:
         targets[..., None]
 
 
+def log_z_and_target_logit_autodiff(logits: jax.Array, targets: jax.Array
+                                    ) -> tuple[jax.Array, jax.Array]:
+    """`log_z_and_target_logit` with JAX's own VJP (`config.model.backward`,
+    models/backward.py)."""
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    return log_z, jnp.sum(jnp.where(_is_target(logits, targets), logits, 0.0), axis=-1)
+
+
 @jax.custom_vjp
 def log_z_and_target_logit(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(log of the softmax normaliser, logit of the target) per token, float32.
@@ -66,8 +74,7 @@ def log_z_and_target_logit(logits: jax.Array, targets: jax.Array) -> tuple[jax.A
     vocabulary index with the target and summing, not by a gather, so a vocabulary sharded over
     the `tensor` mesh axis reduces locally and all-reduces one number per token.
     """
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    return log_z, jnp.sum(jnp.where(_is_target(logits, targets), logits, 0.0), axis=-1)
+    return log_z_and_target_logit_autodiff(logits, targets)
 
 
 def _log_z_and_target_logit_fwd(logits, targets):

@@ -71,21 +71,30 @@ def _matmul_bwd(b_transposed, out_dtype, residuals, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def matmul_autodiff(a: jax.Array, b: jax.Array, b_transposed: bool = False,
+                    out_dtype: jnp.dtype | None = None) -> jax.Array:
+    """`matmul` with JAX's own VJP (`config.model.backward`, models/backward.py)."""
+    return _product(a, b, b_transposed, out_dtype or a.dtype)
+
+
 def contract(x: jax.Array, kernel: jax.Array, contract_dims: int = 1,
-             out_dtype: jnp.dtype | None = None) -> jax.Array:
+             out_dtype: jnp.dtype | None = None, custom_backward: bool = True) -> jax.Array:
     """x [..., C...] times kernel [C..., F...] over the C dims (the last `contract_dims` of x):
-    [..., F...] in `out_dtype` (default x's dtype), via one 2-D `matmul`."""
+    [..., F...] in `out_dtype` (default x's dtype), via one 2-D `matmul` (`matmul_autodiff`
+    without `custom_backward`)."""
     batch_shape = x.shape[:x.ndim - contract_dims]
     features = kernel.shape[contract_dims:]
     inner = 1
     for size in kernel.shape[:contract_dims]:
         inner *= size
-    out = matmul(x.reshape(-1, inner), kernel.reshape(inner, -1), False, out_dtype)
+    product = matmul if custom_backward else matmul_autodiff
+    out = product(x.reshape(-1, inner), kernel.reshape(inner, -1), False, out_dtype)
     return checkpoint_name(out.reshape(*batch_shape, *features), CHECKPOINT_NAME)
 
 
-def contract_transposed(x: jax.Array, table: jax.Array,
-                        out_dtype: jnp.dtype | None = None) -> jax.Array:
+def contract_transposed(x: jax.Array, table: jax.Array, out_dtype: jnp.dtype | None = None,
+                        custom_backward: bool = True) -> jax.Array:
     """x [..., D] times table [V, D]^T: [..., V] (the tied output projection)."""
-    out = matmul(x.reshape(-1, x.shape[-1]), table, True, out_dtype)
+    product = matmul if custom_backward else matmul_autodiff
+    out = product(x.reshape(-1, x.shape[-1]), table, True, out_dtype)
     return checkpoint_name(out.reshape(*x.shape[:-1], table.shape[0]), CHECKPOINT_NAME)

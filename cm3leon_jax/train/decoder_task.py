@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.models import loss as loss_lib
+from cm3leon_jax.models import backward, loss as loss_lib
 from cm3leon_jax.models.decoder import Decoder
 from cm3leon_jax.parallel import sharding
 from cm3leon_jax.train import loop
@@ -39,6 +39,9 @@ def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]
     segment) and `weights` (float32 weight of predicting `ids[t]`; default 1)."""
     model = Decoder(model_cfg)
     image_lo, image_hi = image_range
+    log_z_and_target_logit = (loss_lib.log_z_and_target_logit
+                              if backward.use_custom(model_cfg.backward)
+                              else loss_lib.log_z_and_target_logit_autodiff)
 
     def loss_fn(params, batch, rng):
         del rng  # the decoder has no dropout (CM3leon: none)
@@ -46,7 +49,7 @@ def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]
                              batch.get("positions"))
         targets, weights = loss_lib.next_token_targets(batch["ids"], batch.get("segment_ids"),
                                                        batch.get("weights"))
-        log_z, target_logit = loss_lib.log_z_and_target_logit(logits.astype(jnp.float32), targets)
+        log_z, target_logit = log_z_and_target_logit(logits.astype(jnp.float32), targets)
         nll = (log_z - target_logit) * weights
         z_term = model_cfg.z_loss * jnp.square(log_z) * weights
         is_image = ((targets >= image_lo) & (targets < image_hi)).astype(jnp.float32)

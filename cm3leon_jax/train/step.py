@@ -8,7 +8,8 @@ the gradient of one k-times batch (up to float summation order).
 
 Metric convention: for every `<name>_tokens` in `sums`, a `<name>_loss` sum is normalised into
 `<name>/loss` and `<name>/perplexity` (e.g. text and image tokens separately); `loss` and
-`perplexity` are the overall figures.
+`perplexity` are the overall figures (cross-entropy only); every other sum (`accuracy`, `z_loss`)
+is reported per weighted token.
 
 `jit_train_step` is the compiled form every caller uses (the loop, the sharding and multi-host
 tests, the benchmarks): explicit in/out shardings, the state donated (params and AdamW moments
@@ -69,6 +70,8 @@ def summarize(sums: dict) -> dict:
     metrics["perplexity"] = jnp.exp(jnp.minimum(metrics["loss"], 30.0))
     metrics["tokens"] = sums["tokens"]
     for key, value in sums.items():
+        if key in ("loss", "tokens"):
+            continue
         if key.endswith("_tokens"):
             name = key[: -len("_tokens")]
             if f"{name}_loss" in sums:
@@ -76,8 +79,8 @@ def summarize(sums: dict) -> dict:
                 metrics[f"{name}/loss"] = loss
                 metrics[f"{name}/perplexity"] = jnp.exp(jnp.minimum(loss, 30.0))
                 metrics[f"{name}/tokens"] = value
-        elif not key.endswith("_loss") and key not in ("loss", "tokens"):
-            metrics[key] = value / tokens
+        elif not (key.endswith("_loss") and f"{key[:-len('_loss')]}_tokens" in sums):
+            metrics[key] = value / tokens  # e.g. accuracy, z_loss: per weighted token
     return metrics
 
 
