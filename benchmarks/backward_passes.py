@@ -10,10 +10,15 @@ autodiff, custom, ...) so a change of machine load hits both alike, best and med
 * each function alone, forward + backward (`jax.value_and_grad` of the sum of its output), at the
   shapes of `benchmarks/train_step.py`'s model (d_model 512, MLP 2,048, 8 heads, 4,096 tokens as
   8 x 512, vocabulary 8,192): the weight matmul (`matmul.matmul` vs `matmul_autodiff`, float32
-  and bfloat16), GELU, the attention core (blockwise causal, as training runs it) and the loss's
+  and bfloat16), the attention core (blockwise causal, as training runs it) and the loss's
   log-normaliser;
 * the whole train step of that model (forward, backward, AdamW; float32 and bfloat16 compute)
-  with `model.backward=custom` against `autodiff`.
+  with `model.backward=custom` against `autodiff`, and with each part in turn left to autodiff
+  (the rest custom): the slowdown is that part's own share of the gain, in the real step (a
+  pass can lose alone yet win in the step, where it changes what XLA fuses and keeps).
+
+And the memory of that step at a larger vocabulary (32,768, 4 x 2,048 tokens): the compiled
+program's temporaries for each choice (compile only).
 
 Ratios > 1 mean the hand-written pass is faster. The figures go into docs/BENCHMARKS.md
 ("Backward passes") and the docstrings of the functions.
@@ -42,6 +47,7 @@ _D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
 _HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 _LAYERS = flags.DEFINE_integer("num_layers", 8, "Decoder layers (train step).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
+_PARTS = ("matmul", "attention", "loss")  # models/backward.py PARTS
 _OUTPUT = flags.DEFINE_string(
     "output", str(pathlib.Path(__file__).resolve().parent / "results" / "backward_passes.json"),
     "Where to write the JSON results.")
@@ -65,7 +71,7 @@ def function_cases():
     import jax
     import jax.numpy as jnp
 
-    from cm3leon_jax.models import attention, layers, loss, matmul
+    from cm3leon_jax.models import attention, loss, matmul
 
     tokens = _BATCH.value * _TOKENS.value
     d, mlp, heads = _D_MODEL.value, 4 * _D_MODEL.value, _HEADS.value
@@ -83,9 +89,6 @@ def function_cases():
         cases[f"matmul {dtype_name} [{tokens}x{d}] x [{d}x{mlp}]"] = {
             "custom": grad_of(lambda a, b: matmul.matmul(a, b), x, w),
             "autodiff": grad_of(lambda a, b: matmul.matmul_autodiff(a, b), x, w)}
-    h = normal((tokens, mlp))
-    cases[f"gelu float32 [{tokens}x{mlp}]"] = {"custom": grad_of(layers.gelu, h),
-                                               "autodiff": grad_of(layers.gelu_autodiff, h)}
     head_dim = d // heads
     q, k, v = (normal((_BATCH.value, _TOKENS.value, heads, head_dim)) for _ in range(3))
     segments = jnp.ones((_BATCH.value, _TOKENS.value), jnp.int32)
@@ -119,9 +122,13 @@ def train_step_cases():
     ids = jax.random.randint(jax.random.key(1), (_BATCH.value, _TOKENS.value), 0, _VOCAB.value)
     batch = {"ids": ids}
     cases = {}
+    from cm3leon_jax.models import backward as backward_lib
+
+    choices = ["custom", "autodiff"] + [
+        "+".join(p for p in backward_lib.PARTS if p != part) for part in backward_lib.PARTS]
     for dtype in ("float32", "bfloat16"):
         variants = {}
-        for backward in ("custom", "autodiff"):
+        for backward in choices:
             model = ModelConfig(preset="cm3leon", vocab_size=_VOCAB.value,
                                 num_layers=_LAYERS.value, d_model=_D_MODEL.value,
                                 num_heads=_HEADS.value, max_seq_len=_TOKENS.value,
@@ -146,6 +153,43 @@ def train_step_cases():
     return cases
 
 
+def step_memory() -> dict[str, float]:
+    """Temporaries (MB) of the compiled train step, all parts hand-written, none, and each part in
+    turn by autodiff: d_model 512, 4 layers, vocabulary 32,768, 4 x 2,048 tokens (compile only,
+    nothing runs: XLA's own buffer assignment, `memory_analysis`)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from cm3leon_jax.config import MeshConfig, ModelConfig, TrainConfig
+    from cm3leon_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
+    from cm3leon_jax.train import decoder_task, optimizer, state as state_lib, step as step_lib
+
+    mesh_config = MeshConfig(data=1, fsdp=1, tensor=1)
+    mesh = mesh_lib.make_mesh(mesh_config, devices=jax.devices()[:1])
+    rules = mesh_config.logical_axis_rules()
+    train = TrainConfig(steps=10, lr=1e-4, warmup_steps=0, decay="constant")
+    tx = optimizer.make_optimizer(train)
+    batch_sharding = sharding_lib.batch_sharding(mesh, rules)
+    choices = ["custom", "autodiff"] + ["+".join(p for p in _PARTS if p != part) for part in _PARTS]
+    out = {}
+    for backward in choices:
+        model = ModelConfig(preset="cm3leon", vocab_size=32768, num_layers=4, d_model=512,
+                            num_heads=8, max_seq_len=2048, scan_layers=False, backward=backward)
+        abstract, shardings = state_lib.abstract_train_state(
+            functools.partial(decoder_task.init_params, model),
+            decoder_task.param_shardings(model, mesh, rules), tx, mesh, jax.random.key(0))
+        step = step_lib.jit_train_step(decoder_task.make_loss_fn(model, (0, 0)), tx,
+                                       optimizer.learning_rate(train), shardings, batch_sharding)
+        batch = {"ids": jax.ShapeDtypeStruct((4, 2048), jnp.int32, sharding=batch_sharding)}
+        with sharding_lib.sharding_context(mesh, rules):
+            analysis = step.lower(abstract, batch).compile().memory_analysis()
+        out[backward] = analysis.temp_size_in_bytes / 1e6
+        print(f"[backward_passes] step temporaries, backward={backward}: {out[backward]:,.0f} MB")
+    return out
+
+
 def main(argv):
     del argv
     import jax
@@ -164,6 +208,14 @@ def main(argv):
             print(f"[backward_passes] {name}: custom {timing['custom']['median_ms']:.1f} ms, "
                   f"autodiff {timing['autodiff']['median_ms']:.1f} ms (median): custom "
                   f"{ratio:.2f}x")
+            for variant in timing:
+                if "+" in variant:  # every part custom but one: that part's share of the gain
+                    left_out = next(p for p in _PARTS if p not in variant.split("+"))
+                    share = timing[variant]["median_ms"] / timing["custom"]["median_ms"]
+                    results["cases"][name][f"without custom {left_out}: slowdown"] = share
+                    print(f"[backward_passes]   {left_out} by autodiff, the rest custom: "
+                          f"{timing[variant]['median_ms']:.1f} ms ({share:.2f}x all-custom)")
+    results["step_temporaries_mb"] = step_memory()
     output = pathlib.Path(_OUTPUT.value)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))

@@ -165,7 +165,7 @@ def test_attention_custom_vjp_and_blockwise_path_match_autodiff():
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-def test_matmul_and_gelu_custom_vjps_match_autodiff():
+def test_matmul_custom_vjp_matches_autodiff():
     from cm3leon_jax.models import layers, matmul
 
     keys = jax.random.split(jax.random.key(1), 3)

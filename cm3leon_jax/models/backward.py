@@ -1,19 +1,33 @@
 """Which backward passes a traced program uses: the hand-written ones or JAX's autodiff.
 
-Four functions of the model have a custom VJP written for XLA:CPU: the weight matmuls
-(`matmul.matmul`), exact GELU (`layers.gelu`), the attention core (`attention._xla_attention`)
-and the loss's log-normaliser (`loss.log_z_and_target_logit`). Each has a plain twin that JAX
-differentiates itself; both give the same gradients (tests/test_train_parity.py checks both
-against torch autograd). `config.model.backward` chooses:
+Three functions of the model have a custom VJP (the *parts*), each with a plain twin that JAX
+differentiates itself; both give the same gradients (tests/test_train_parity.py checks both against
+torch autograd):
 
-* `custom`: the hand-written passes, everywhere;
-* `autodiff`: JAX's own, everywhere;
-* `auto`: custom where they were measured faster (the CPU backend; figures in each function's
-  docstring and in docs/BENCHMARKS.md, "Backward passes"), autodiff on GPU and TPU, where XLA's
-  own fusion of the autodiff graph is the well-trodden path and the custom ones are unmeasured.
+* `matmul`: the weight matmuls (`matmul.matmul` vs `matmul_autodiff`), written for XLA:CPU's GEMM
+  paths: bfloat16 products that accumulate in float32 in the input-gradient too, float32 weight
+  gradients, an optimisation barrier against a slow fusion;
+* `attention`: the xla attention core (`attention._xla_attention`, FlashAttention-style: keeps the
+  log-normaliser, recomputes the probabilities);
+* `loss`: the loss's log-normaliser (`loss.log_z_and_target_logit`: keeps the logits and log Z, not
+  the float32 softmax).
 
-The choice is made when the model is traced, from this process's backend; a program lowered here
-for another platform (`jax.export`) should set `custom` or `autodiff` explicitly.
+`config.model.backward` chooses: `custom` (all hand-written), `autodiff` (all JAX), parts joined
+by `+` (e.g. `matmul+attention`; how the benchmark measures each part), or `auto`, which takes a
+hand-written pass only where it was measured better (benchmarks/backward_passes.py, d_model 512,
+8 layers, 4,096 tokens, the 2-core XLA:CPU machine; docs/BENCHMARKS.md, "Backward passes"):
+
+| part | train step time, XLA:CPU, float32 / bfloat16 | step temporaries (vocab 32k, 8k tokens) | auto |
+|---|---|---|---|
+| matmul | 0.97x / **1.12x** faster | same | custom on CPU in 16-bit compute only |
+| attention | **1.05x / 1.07x** faster | **2.3 GB less** (of 5.5) | custom everywhere |
+| loss | 0.97x / 1.00x (noise) | **1.1 GB less** | custom everywhere |
+
+The memory saving holds on every backend: which residuals autodiff keeps is decided by JAX's
+linearisation before XLA sees the program. The matmul's reasons are XLA:CPU's own (YNNPACK, Eigen),
+so GPU and TPU get JAX's autodiff there. The choice is made when the model is traced, from this
+process's backend; a program lowered here for another platform (`jax.export`) should set the
+parts explicitly.
 """
 
 from __future__ import annotations
@@ -22,17 +36,37 @@ from typing import Optional
 
 import jax
 
-# Backends on which `auto` takes the hand-written passes: where a benchmark showed them faster.
-MEASURED_FASTER_ON = ("cpu",)
+PARTS = ("matmul", "attention", "loss")
+_SIXTEEN_BIT = ("bfloat16", "float16")
 
 
-def use_custom(choice: str, platform: Optional[str] = None) -> bool:
-    """True when the hand-written backward passes apply for `config.model.backward == choice`
-    on `platform` (default: this process's JAX backend)."""
+def problem(choice: str) -> Optional[str]:
+    """Why `choice` is not a valid `model.backward`, or None."""
+    if choice in ("auto", "custom", "autodiff"):
+        return None
+    unknown = [part for part in choice.split("+") if part not in PARTS]
+    if unknown:
+        return (f"must be 'auto', 'custom', 'autodiff' or parts joined by '+' from "
+                f"{', '.join(PARTS)}; unknown: {', '.join(unknown)}")
+    return None
+
+
+def use_custom(choice: str, part: str, compute_dtype: str = "float32",
+               platform: Optional[str] = None) -> bool:
+    """True when `part`'s hand-written backward pass applies for `config.model.backward ==
+    choice`, compute dtype `compute_dtype` (`config.model.dtype`), on `platform` (default: this
+    process's JAX backend)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown backward part {part!r}; parts: {', '.join(PARTS)}")
+    reason = problem(choice)
+    if reason:
+        raise ValueError(f"model.backward={choice!r}: {reason}")
     if choice == "custom":
         return True
     if choice == "autodiff":
         return False
     if choice != "auto":
-        raise ValueError(f"model.backward={choice!r}: must be 'auto', 'custom' or 'autodiff'")
-    return (platform or jax.default_backend()) in MEASURED_FASTER_ON
+        return part in choice.split("+")
+    if part == "matmul":
+        return (platform or jax.default_backend()) == "cpu" and compute_dtype in _SIXTEEN_BIT
+    return True

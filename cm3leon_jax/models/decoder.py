@@ -114,9 +114,9 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, inputs: BlockInputs,
                  layer_cache: Optional[tuple[jax.Array, jax.Array]]):
         cfg = self.config
-        custom_backward = backward_lib.use_custom(cfg.backward)
         dense = dict(init_std=cfg.init_std, dtype=DTYPES[cfg.dtype],
-                     param_dtype=DTYPES[cfg.param_dtype], custom_backward=custom_backward)
+                     param_dtype=DTYPES[cfg.param_dtype],
+                     custom_backward=backward_lib.use_custom(cfg.backward, "matmul", cfg.dtype))
         heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
         q = Projection((heads, head_dim), ("embed", "heads", "head_dim"), name="q_proj",
                        **dense)(x)
@@ -147,7 +147,8 @@ class Attention(nn.Module):
             key_segment_ids=inputs.key_segment_ids,
             query_slots=inputs.query_slots if decoding else None,
             key_slots=jnp.arange(k.shape[1]) if decoding else None,
-            implementation=cfg.attention, custom_backward=custom_backward)
+            implementation=cfg.attention,
+            custom_backward=backward_lib.use_custom(cfg.backward, "attention", cfg.dtype))
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         out = Projection((cfg.d_model,), ("heads", "head_dim", "embed"), contract_dims=2,
                          zero_init=cfg.zero_init_output_projections, name="o_proj", **dense)(out)
@@ -163,11 +164,14 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array, inputs: BlockInputs,
                  layer_cache: Optional[tuple[jax.Array, jax.Array]]):
         cfg = self.config
-        mlp_cls = GeluMLP if cfg.preset == "cm3leon" else SwiGLU
-        mlp = mlp_cls(hidden_dim=cfg.hidden_dim, init_std=cfg.init_std,
-                      zero_init_output=cfg.zero_init_output_projections,
-                      dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
-                      custom_backward=backward_lib.use_custom(cfg.backward), name="mlp")
+        mlp_options = dict(hidden_dim=cfg.hidden_dim, init_std=cfg.init_std,
+                           zero_init_output=cfg.zero_init_output_projections,
+                           dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                           custom_backward=backward_lib.use_custom(cfg.backward, "matmul", cfg.dtype))
+        if cfg.preset == "cm3leon":
+            mlp = GeluMLP(name="mlp", **mlp_options)
+        else:
+            mlp = SwiGLU(name="mlp", **mlp_options)
         attention = Attention(cfg, name="attention")
         attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
         if cfg.swin_norm:
@@ -224,7 +228,7 @@ class Decoder(nn.Module):
         if last_only:  # e.g. a prefill, which needs only the next token's logits
             x = x[:, -1:]
         x = _norm(cfg, "final_norm")(x)
-        custom_backward = backward_lib.use_custom(cfg.backward)
+        custom_backward = backward_lib.use_custom(cfg.backward, "matmul", cfg.dtype)
         if cfg.tie_embeddings:
             logits = embed.attend(x, custom_backward)
         else:

@@ -127,39 +127,16 @@ class HeadLayerNorm(nn.Module):
 
 
 _SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
 
 
-def gelu_autodiff(x: jax.Array) -> jax.Array:
-    """`gelu` with JAX's own VJP (`config.model.backward`, models/backward.py)."""
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * Phi(x) with the erf form of Phi (torch `gelu`, HF OPT `gelu`), in float32.
+
+    Differentiated by JAX: a hand-written one-pass backward was measured no faster on XLA:CPU in
+    the whole train step (0.99x float32, 1.00x bfloat16; docs/BENCHMARKS.md, "Backward passes")
+    and was removed."""
     x32 = x.astype(jnp.float32)
     return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))).astype(x.dtype)
-
-
-@jax.custom_vjp
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, x * Phi(x) with the erf form of Phi (torch `gelu`, HF OPT `gelu`).
-
-    Custom VJP: the backward pass keeps only x and computes Phi(x) + x * phi(x) in one fused
-    elementwise pass; autodiff of `jax.nn.gelu(approximate=False)` keeps and re-reads several
-    [tokens, mlp_dim] float32 intermediates (measured ~3x slower on CPU, where this elementwise
-    work is memory-bound).
-    """
-    return gelu_autodiff(x)
-
-
-def _gelu_fwd(x):
-    return gelu(x), x
-
-
-def _gelu_bwd(x, g):
-    x32 = x.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))
-    pdf = jnp.exp(-0.5 * x32 * x32) * _INV_SQRT_2PI
-    return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
-
-
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 class GeluMLP(nn.Module):
@@ -170,15 +147,14 @@ class GeluMLP(nn.Module):
     zero_init_output: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    custom_backward: bool = True
+    custom_backward: bool = True  # the matmuls' (models/backward.py)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
                      custom_backward=self.custom_backward)
         h = Projection((self.hidden_dim,), ("embed", "mlp"), name="fc1", **dense)(x)
-        activation = gelu if self.custom_backward else gelu_autodiff
-        h = constrain(activation(h), ("batch", "length", "mlp"))
+        h = constrain(gelu(h), ("batch", "length", "mlp"))
         return Projection((x.shape[-1],), ("mlp", "embed"), zero_init=self.zero_init_output,
                           name="fc2", **dense)(h)
 

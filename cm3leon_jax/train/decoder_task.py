@@ -40,7 +40,7 @@ def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]
     model = Decoder(model_cfg)
     image_lo, image_hi = image_range
     log_z_and_target_logit = (loss_lib.log_z_and_target_logit
-                              if backward.use_custom(model_cfg.backward)
+                              if backward.use_custom(model_cfg.backward, "loss", model_cfg.dtype)
                               else loss_lib.log_z_and_target_logit_autodiff)
 
     def loss_fn(params, batch, rng):
