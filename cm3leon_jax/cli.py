@@ -23,17 +23,44 @@ from typing import Callable, Optional
 
 from absl import app, flags, logging
 import ml_collections
-from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
 
 from cm3leon_jax import compilation_cache
+from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError
 from cm3leon_jax.parallel import distributed
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file: experiments/<name>.py[:arg]. Override fields with --config.a.b=v.",
-    lock_config=True)
+
+class _CompletingParser(config_flags_lib.ConfigFileFlagParser):
+    """Loads the config file, adds every typed section's missing fields with their defaults
+    (`config.complete`), then locks it: so `--config.<section>.<field>=v` works for every field
+    of every section the file has, whatever the file itself spells out."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name, lock_config=False)
+
+    def parse(self, path):
+        loaded = super().parse(path)
+        if isinstance(loaded, ml_collections.ConfigDict):
+            config_lib.complete(loaded)
+            loaded.lock()
+        return loaded
+
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS,
+                       sys_argv: Optional[list[str]] = None) -> flags.FlagHolder:
+    """`--config` (`config_flags.DEFINE_config_file`'s flag, with `_CompletingParser`);
+    `sys_argv`: the command line whose `--config.x=v` overrides to accept (default sys.argv)."""
+    return flags.DEFINE_flag(config_flags_lib._ConfigFlag(  # noqa: SLF001 - as DEFINE_config_file
+        parser=_CompletingParser("config"), serializer=flags.ArgumentSerializer(), name="config",
+        default=None, accept_new_attributes=False, flag_values=flag_values, sys_argv=sys_argv,
+        help_string="Config file: experiments/<name>.py[:arg]. Override fields with --config.a.b=v."),
+        flag_values)
+
+
+_CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything this run writes.")
 
 Main = Callable[[ml_collections.ConfigDict, str], None]

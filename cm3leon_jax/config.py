@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 import ml_collections
 
@@ -273,7 +273,6 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARAM_DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
-BACKWARD_CHOICES = ("auto", "custom", "autodiff")
 # What the Pallas splash kernel (`models/attention.py`) tiles: sequences in blocks of a multiple of
 # 128 tokens (the TPU's vector lane width), heads of a multiple of 64 wide (narrower heads are
 # padded to a lane inside the kernel; 64 and multiples of 128 are the widths it is used with).
@@ -323,10 +322,11 @@ class ModelConfig(Section):
     zero_init_output_projections: initialise each block's attention output and MLP down projection
       to zero, so every block starts as the identity (the CM3leon recipe).
     backward: how gradients are computed (`models/backward.py`): `custom` uses the hand-written
-      backward passes of the weight matmuls, GELU, attention and the loss (measured faster on
-      XLA:CPU, docs/BENCHMARKS.md "Backward passes"), `autodiff` JAX's own, `auto` custom on CPU
-      and autodiff on GPU/TPU, where the hand-written ones are unmeasured. Same gradients either
-      way (tested against torch).
+      backward passes of the weight matmuls, the attention core and the loss, `autodiff` JAX's
+      own, parts joined by `+` (`matmul+attention`) those parts only, and `auto` each part where
+      it was measured better: attention and loss everywhere (less memory; faster on CPU), the
+      matmul on CPU in 16-bit compute (docs/BENCHMARKS.md, "Backward passes"). Same gradients
+      either way (tested against torch).
     """
 
     preset: str = "cm3leon"
@@ -392,7 +392,10 @@ class ModelConfig(Section):
         require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
         require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
         require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
-        require_choice(f"{prefix}.backward", self.backward, BACKWARD_CHOICES)
+        from cm3leon_jax.models import backward  # noqa: PLC0415 - models import config
+
+        if backward.problem(self.backward):
+            fail(f"{prefix}.backward", self.backward, backward.problem(self.backward))
         if self.attention == "splash" and self.resolved_head_dim % SPLASH_HEAD_DIM_MULTIPLE:
             fail(f"{prefix}.attention", self.attention,
                  f"the splash kernel tiles heads of a multiple of {SPLASH_HEAD_DIM_MULTIPLE} "
@@ -527,6 +530,10 @@ class VQGANConfig(Section):
       proportional to its squared distance to its current code, k-means++'s rule: revived codes go
       where the codebook serves worst).
     reconstruction_loss: `l1` or `l2` on images scaled to [-1, 1].
+    edge_weight: weight of edges in the reconstruction loss: each pixel's error counts
+      1 + edge_weight * (the target's local contrast in [0, 1]) times, normalised to the mean
+      weight (`tokenizers/losses.edge_weights`; 0 = plain mean). Small objects are a few percent
+      of the pixels, so a plain mean spends the model on flat background.
     discriminator_start: training step from which the PatchGAN loss is on (taming: ~ 10k steps).
     discriminator_weight: scale of the adaptive GAN weight (taming: 0.8); 0 disables the GAN.
     discriminator_channels / discriminator_layers: PatchGAN width and number of stride-2 layers;
@@ -551,6 +558,7 @@ class VQGANConfig(Section):
     restart_unused_after: int = 200
     restart_sampling: str = "uniform"
     reconstruction_loss: str = "l1"
+    edge_weight: float = 0.0
     discriminator_start: int = 2000
     discriminator_weight: float = 0.5
     discriminator_channels: int = 64
@@ -600,6 +608,7 @@ class VQGANConfig(Section):
         if not 0.0 < self.ema_decay < 1.0:
             fail(f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1), e.g. 0.99")
         require_positive(f"{prefix}.commitment_cost", self.commitment_cost, allow_zero=True)
+        require_positive(f"{prefix}.edge_weight", self.edge_weight, allow_zero=True)
         require_positive(f"{prefix}.restart_unused_after", self.restart_unused_after,
                          allow_zero=True)
         require_choice(f"{prefix}.restart_sampling", self.restart_sampling, RESTART_SAMPLING)
@@ -1157,3 +1166,30 @@ class SamplesConfig(Section):
 def samples_config(cfg: ml_collections.ConfigDict) -> SamplesConfig:
     """`config.samples`, or the defaults (off) when the config has no such section."""
     return section(cfg, "samples", SamplesConfig) if "samples" in cfg else SamplesConfig()
+
+
+# Every typed top-level section, by its name in the config.
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig, "prepare": PrepareConfig, "model": ModelConfig, "mesh": MeshConfig,
+    "vqgan": VQGANConfig, "vqgan_train": VQGANTrainConfig, "text_tokenizer": TextTokenizerConfig,
+    "vocab": VocabConfig, "retrieval": RetrievalConfig, "cm3": CM3Config, "sft": SFTConfig,
+    "train": TrainConfig, "samples": SamplesConfig,
+}
+
+
+def complete(cfg: ml_collections.ConfigDict,
+             sections: Optional[dict[str, type[Section]]] = None) -> ml_collections.ConfigDict:
+    """Adds every field a typed section lacks, with its default, to each section `cfg` has, in
+    place (and returns `cfg`): a config file need only write what it changes, and every field
+    is still settable from the command line (`--config.data.folder=...`: ml_collections only
+    overrides fields that exist). Typed reads (`section`) give the same values either way."""
+    for name, cls in (sections or SECTIONS).items():
+        if name not in cfg or not isinstance(cfg[name], ml_collections.ConfigDict):
+            continue
+        for field in dataclasses.fields(cls):
+            if field.name not in cfg[name]:
+                default = (field.default if field.default is not dataclasses.MISSING
+                           else field.default_factory())
+                cfg[name][field.name] = default
+    return cfg
+

@@ -63,3 +63,41 @@ def test_command_line_override_error_exits_2_with_message(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "config.data.image_size=20: must be divisible by" in result.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_complete_adds_every_typed_field_with_its_default_and_keeps_values():
+    cfg = ml_collections.ConfigDict({"data": {"image_size": 64}, "other": {"x": 1}})
+    config.complete(cfg)
+    assert cfg.data.image_size == 64 and cfg.data.folder == "" and cfg.data.max_objects == 3
+    assert set(cfg.data) == {f.name for f in config.dataclasses.fields(config.DataConfig)}
+    assert "model" not in cfg and dict(cfg.other) == {"x": 1}
+    assert config.data_config(cfg) == config.DataConfig(image_size=64)
+
+
+def _shipped_configs():
+    return sorted((REPO / "experiments").glob("*.py"))
+
+
+def test_every_field_of_every_section_is_settable_from_the_command_line():
+    """What `cli` does to each shipped config: the file's sections completed, then overrides
+    of any field parse (the README's `--config.data.source=folder --config.data.folder=...`)."""
+    from absl import flags as absl_flags
+    from cm3leon_jax import cli
+
+    for path in _shipped_configs():
+        cfg = cli._CompletingParser("config").parse(str(path))  # noqa: SLF001
+        overrides = []
+        for name, cls in config.SECTIONS.items():
+            if name in cfg:
+                for field in config.dataclasses.fields(cls):
+                    assert field.name in cfg[name], (path.name, name, field.name)
+        if "data" in cfg:
+            overrides = ["--config.data.source=folder", "--config.data.folder=my_data",
+                         "--config.data.max_objects=1"]
+        argv = ["prog", f"--config={path}", *overrides]
+        values = absl_flags.FlagValues()
+        holder = cli.define_config_flag(values, sys_argv=argv)
+        values(argv)
+        if "data" in cfg:
+            data = holder.value.data
+            assert (data.source, data.folder, data.max_objects) == ("folder", "my_data", 1)
