@@ -102,3 +102,23 @@ def test_rendering_at_two_sizes_shows_the_same_scene(size):
     scene = scenes.sample_scene(rng)
     keys = [o.key for o in scene.objects]
     assert verifier.matches(render.render(scene, size), keys)
+
+
+def test_levels_count_object_layouts_and_set_the_data_fields(tmp_path):
+    from cm3leon_jax.data.shapes import levels
+
+    assert [levels.LEVELS[n].object_layouts for n in (1, 2, 3)] == [432, 83_376, 9_373_104]
+    assert levels.parse("level1") == 1 and levels.parse(2) == 2 and levels.parse(None) == 3
+    with pytest.raises(ValueError, match="unknown shapes level 'level4'.*level1, level2, level3"):
+        levels.parse("level4")
+    data = levels.apply(ml_collections.ConfigDict({"image_size": 32}), "level1")
+    assert (data.max_objects, data.textured_fraction) == (1, 0.0)
+    level1 = config.data_config(ml_collections.ConfigDict(
+        {"data": dict(data, num_train=40, num_validation=4, num_test=4)}))
+    examples = list(sources.numpy_examples(level1, str(tmp_path), "train"))
+    assert len(examples) == 40
+    for example in examples:
+        objects = builder.decode_objects(example["objects"])
+        assert len(objects) == 1
+        corners = example["image"][[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert (corners == corners[0]).all(), "a level-1 background is plain"

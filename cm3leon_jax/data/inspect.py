@@ -3,6 +3,7 @@
     python -m cm3leon_jax.data.inspect --workdir W [--split train] [--rows 3] [--sft] \\
         [--save_images] [--no_retrieval] [--seed 0] [--seq_len 1024] \\
         [--config experiments/<name>.py]
+    python -m cm3leon_jax.data.inspect --workdir W --composition 50 --config ...
 
 Reads `<workdir>/prepared` through the same pipeline training uses (`data/pipeline.py`, with the
 config's `cm3` section, and `sft` with `--sft`) and prints each row segment by segment (one packed
@@ -14,6 +15,11 @@ name (`<break>`, `<mask:0>`, `<eos>`).
 Parts that carry no loss are printed inside `{ }`: the prompt of an SFT example, CM3 placeholders
 when `cm3.placeholder_loss_weight` is 0. (A segment's first token is never a target, as nothing
 precedes it in its segment; it is shown like the tokens after it.)
+
+`--composition N` prints, instead, what the rows of N training batches are made of: the share of
+the row slots that is padding, image codes, text, structural tokens, appended CM3 spans and
+tokens with loss, for pretraining (with and without retrieval; the share the retrieved documents
+add) and SFT, and writes them to `<workdir>/inspect/composition.json`.
 
 The vocabulary is the one the manifest names (`prepare` records it), else `<workdir>/vocab`, or
 `--vocab`.
@@ -47,6 +53,10 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Row length; 0 = config.cm3.seq_le
                                 "CM3Config defaults).")
 _VOCAB = flags.DEFINE_string("vocab", "", "Vocabulary directory (default: the manifest's, else "
                              "<workdir>/vocab).")
+_COMPOSITION = flags.DEFINE_integer(
+    "composition", 0, "Instead of printing rows: what share of the row slots of this many "
+    "training batches is padding, retrieved documents, CM3 spans, image codes, text, and carries "
+    "loss (pretraining and SFT); writes <workdir>/inspect/composition.json.")
 
 
 def find_vocab(workdir: str, prepared: epath.Path, override: str = ""):
@@ -142,6 +152,72 @@ def describe_batch(vocab, batch: dict, first_row: int = 0, rows: Optional[int] =
     return lines
 
 
+def _token_counts(vocab, batches) -> dict[str, float]:
+    """Counts over row slots: all, padding, image codes, text, structural, CM3 appended spans
+    (from the second `<mask:0>` of a document to its end), and tokens with loss."""
+    counts = dict.fromkeys(("slots", "padding", "image_codes", "text", "structural",
+                            "cm3_appended_spans", "with_loss"), 0.0)
+    first_sentinel = int(vocab.sentinel_ids[0])
+    for batch in batches:
+        ids, segments = batch["ids"], batch["segment_ids"]
+        counts["slots"] += ids.size
+        counts["padding"] += float(np.sum(segments == 0))
+        real = segments != 0
+        image = (ids >= vocab.image_offset) & (ids < vocab.used_size) & real
+        text = (ids >= vocab.text_offset) & (ids < vocab.image_offset) & real
+        counts["image_codes"] += float(image.sum())
+        counts["text"] += float(text.sum())
+        counts["structural"] += float((real & ~image & ~text).sum())
+        counts["with_loss"] += float(np.sum(batch["weights"] > 0))
+        for row in range(ids.shape[0]):
+            for segment in range(1, int(segments[row].max()) + 1):
+                where = np.flatnonzero(segments[row] == segment)
+                marks = np.flatnonzero(ids[row, where] == first_sentinel)
+                if len(marks) >= 2:  # placeholder in the body, then the appended spans
+                    counts["cm3_appended_spans"] += float(len(where) - marks[1])
+    return counts
+
+
+def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: int = 8,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    """Shares of the row slots of `batches` training batches (pretraining with and without the
+    retrieved documents, SFT): padding, image codes, text, structural tokens, CM3 spans and
+    tokens with loss. `retrieved_documents` is the share of the pretraining rows' tokens that
+    the retrieved documents add: 1 - tokens without them / tokens with them, over the same
+    records and masks (exact up to the few sentinels whose count the masks change)."""
+    host = dict(process_index=0, process_count=1, seed=seed, batch_size=batch_size)
+    special = pipeline.special_ids(vocab)
+
+    def take(dataset):
+        out = []
+        for batch in dataset.as_numpy_iterator():
+            out.append(batch)
+            if len(out) == batches:
+                return out
+        return out
+
+    streams = {
+        "pretrain": pipeline.pretrain_dataset(prepared, "train", special, cm3, repeat=False,
+                                              **host),
+        "pretrain_without_retrieval": pipeline.pretrain_dataset(
+            prepared, "train", special, cm3, repeat=False, with_retrieval=False, **host),
+        "sft": pipeline.sft_dataset(prepared, "train", vocab, cm3, sft, repeat=False, **host),
+    }
+    out = {}
+    for name, dataset in streams.items():
+        counts = _token_counts(vocab, take(dataset))
+        slots = max(counts.pop("slots"), 1.0)
+        tokens = max(slots - counts["padding"], 1.0)
+        out[name] = {"rows_slots": slots, "documents_tokens": tokens,
+                     "padding": counts["padding"] / slots,
+                     **{key: value / slots for key, value in counts.items() if key != "padding"}}
+    with_retrieval = out["pretrain"]["documents_tokens"]
+    without = out["pretrain_without_retrieval"]["documents_tokens"]
+    out["pretrain"]["retrieved_documents"] = (1.0 - without / with_retrieval
+                                              if with_retrieval else 0.0)
+    return out
+
+
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     prepared = pipeline.prepared_dir(workdir)
     manifest = pipeline.read_manifest(prepared)
@@ -150,6 +226,20 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     if _SEQ_LEN.value:
         cm3 = dataclasses.replace(cm3, seq_len=_SEQ_LEN.value)
         cm3.check("cm3")
+    if _COMPOSITION.value:
+        import json  # noqa: PLC0415
+
+        shares = composition(vocab, prepared, cm3, sft_config(cfg), _COMPOSITION.value,
+                             seed=_SEED.value)
+        for stream, figures in shares.items():
+            print(f"{stream}: " + ", ".join(
+                f"{k} {v:.1%}" if k not in ("rows_slots", "documents_tokens") else f"{k} {v:,.0f}"
+                for k, v in figures.items()))
+        out = epath.Path(workdir) / "inspect" / "composition.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(shares, indent=1))
+        print(f"figures in {out}")
+        return
     batch_size = max(1, _ROWS.value)
     if _SFT.value:
         ds = pipeline.sft_dataset(prepared, _SPLIT.value, vocab, cm3, sft_config(cfg),

@@ -214,7 +214,8 @@ def make_train_step(model: VQGAN, discriminator: PatchDiscriminator, generator_t
         (reconstructions, quantized, features), mutated = model.apply(
             {"params": params, quantizer.STATE: state.vq_state}, images, train=True,
             mutable=[quantizer.STATE])
-        rec_loss = losses.reconstruction_loss(reconstructions, images, cfg.reconstruction_loss)
+        rec_loss = losses.reconstruction_loss(reconstructions, images, cfg.reconstruction_loss,
+                                              cfg.edge_weight)
         total = rec_loss + quantized.loss
         metrics = {"loss/reconstruction": rec_loss, "loss/quantizer": quantized.loss}
         if use_gan:
@@ -225,7 +226,7 @@ def make_train_step(model: VQGAN, discriminator: PatchDiscriminator, generator_t
             # d gan_loss / d image, from one discriminator backward pass.
             gan_image_grad = pull_to_image(jnp.full_like(fake_logits, -1.0 / fake_logits.size))[0]
             rec_image_grad = jax.grad(lambda x: losses.reconstruction_loss(
-                x, images, cfg.reconstruction_loss))(fixed)
+                x, images, cfg.reconstruction_loss, cfg.edge_weight))(fixed)
             weight = cfg.discriminator_weight * adaptive_gan_weight(
                 params, features, rec_image_grad, gan_image_grad, cfg.adaptive_weight_max)
             # <sg(dL_gan/dx), x> has exactly gan_loss's gradient wrt the generator's parameters.
