@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import hashlib
 import importlib.util
 import io
@@ -164,10 +165,12 @@ def check_against_config(cfg: ml_collections.ConfigDict, entries: Sequence[Overr
                                      f"config.{'.'.join(parents[:depth + 1])} (for {field})")
                 node = node[part]
             if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-                known = ", ".join(sorted(node.keys())) if isinstance(
-                    node, ml_collections.ConfigDict) else "none"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                close = difflib.get_close_matches(leaf, known, n=3)
+                hint = (f"did you mean {', '.join(close)}?" if close
+                        else f"fields there: {', '.join(known) or 'none'}")
                 raise SweepError(f"{source}, entry {index}: config has no field config.{field}; "
-                                 f"fields there: {known}")
+                                 f"{hint}")
             try:
                 node[leaf] = tuple(value) if isinstance(value, list) else value
             except (TypeError, ValueError) as error:

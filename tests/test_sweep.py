@@ -86,9 +86,12 @@ def test_entries_are_checked_against_the_config():
     cfg = ml_collections.ConfigDict({"data": {"image_size": 32, "source": "shapes"}})
     cfg.lock()
     sweeps.check_against_config(cfg, [{"data.image_size": 16}], "s.py")
-    with pytest.raises(sweeps.SweepError, match="no field config.data.imagesize; fields there: "
-                                                "image_size, source"):
+    with pytest.raises(sweeps.SweepError, match="no field config.data.imagesize; did you mean "
+                                                "image_size?"):
         sweeps.check_against_config(cfg, [{"data.imagesize": 16}], "s.py")
+    with pytest.raises(sweeps.SweepError, match="no field config.data.depth; fields there: "
+                                                "image_size, source"):
+        sweeps.check_against_config(cfg, [{"data.depth": 16}], "s.py")
     with pytest.raises(sweeps.SweepError, match="no section config.model"):
         sweeps.check_against_config(cfg, [{"model.d_model": 16}], "s.py")
     with pytest.raises(sweeps.SweepError, match="entry 1: config.data.image_size='big' does not fit"):
@@ -226,7 +229,7 @@ def test_sweep_errors_before_running_anything(project):
         "def get_sweep():\n    return [{'model.widht': 4}]\n")
     typo = _sweep(project)
     assert typo.returncode == 2
-    assert "entry 0: config has no field config.model.widht; fields there: width" in typo.stderr
+    assert "entry 0: config has no field config.model.widht; did you mean width?" in typo.stderr
     missing = _sweep(project, "--entry=cm3leon_jax.no_such_stage")
     assert missing.returncode == 2
     assert "--entry cm3leon_jax.no_such_stage: no such module here" in missing.stderr
