@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cm3leon_jax.retrieval import byte_tokenizer, encoder
+from cm3leon_jax.retrieval import byte_tokenizer, encoder, train_encoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -116,3 +116,15 @@ def test_patch_keep_mask_equals_removing_the_patches():
     x = encoder._layer_norm(1e-5, "n").apply({"params": vision["post_layernorm"]}, x[:, 0])
     reference = x @ params["visual_projection"]["kernel"]
     np.testing.assert_allclose(np.asarray(masked), np.asarray(reference), atol=1e-5)
+
+
+def test_encoder_near_chance_is_warned_about():
+    figures = {"test_documents": 200, "text_to_image_recall@5": 0.07, "first_loss": 4.185,
+               "final_loss": 4.149}
+    warning = train_encoder.near_chance_warning(figures)
+    assert "stayed near chance (text-to-image recall@5 0.070, chance 0.025" in warning
+    assert "loss 4.185 -> 4.149" in warning and "config.retrieval.train_steps" in warning
+    learned = {**figures, "text_to_image_recall@5": 0.13, "final_loss": 2.6}
+    assert train_encoder.near_chance_warning(learned) is None
+    assert "recall@5 0.030" in train_encoder.near_chance_warning(
+        {**learned, "text_to_image_recall@5": 0.03})

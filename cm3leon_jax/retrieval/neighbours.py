@@ -356,6 +356,16 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                 f"{figures[split]['mean_neighbours']:.2f}; -> {path}")
         logging.info("%s", line)
         print(line)
+        if figures[split]["mean_neighbours"] < retrieval.k / 2:
+            mean = figures[split]["mean_neighbours"]
+            warning = (f"[neighbours] warning: {split} documents got {mean:.2f} of {retrieval.k}"
+                       f" neighbours on average: the rules skipped the rest among "
+                       f"{retrieval.num_candidates} candidates (near-duplicates above "
+                       f"{retrieval.relevance_threshold}, or too alike to each other above "
+                       f"{retrieval.diversity_threshold}). An encoder near chance scores everything "
+                       f"alike (see its recall); otherwise raise config.retrieval.num_candidates")
+            logging.warning("%s", warning)
+            print(warning)
     results.write_metrics(workdir, STAGE, figures)
 
 

@@ -199,7 +199,30 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     logging.info("retrieval encoder: %s", figures)
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in figures.items() if k != "encoder_fingerprint"))
+    warning = near_chance_warning(figures)
+    if warning:
+        logging.warning("%s", warning)
+        print(warning)
     return figures
+
+
+def near_chance_warning(figures: dict) -> str | None:
+    """A warning when the encoder did not learn: its contrastive loss stayed within 10% of where
+    it started (it sits on a plateau near log(batch) before it drops; a run stopped there looks
+    like this), or test recall@5 stayed under twice chance. Such an encoder scores every candidate
+    alike, so the relevance rule (> 0.9 is a near-duplicate) tends to skip them all and pretraining
+    silently gets no retrieved documents."""
+    chance_at_5 = 5.0 / max(figures["test_documents"], 1)
+    recall = figures["text_to_image_recall@5"]
+    first, final = figures.get("first_loss"), figures.get("final_loss")
+    plateau = first is not None and final is not None and final > 0.9 * first
+    if recall >= 2 * chance_at_5 and not plateau:
+        return None
+    losses = f"; loss {first:.3f} -> {final:.3f}" if first is not None and final is not None else ""
+    return (f"[retrieval] warning: the encoder stayed near chance (text-to-image recall@5 "
+            f"{recall:.3f}, chance {chance_at_5:.3f}{losses}): train longer "
+            f"(config.retrieval.train_steps) or at another learning rate, or its neighbours will "
+            f"be few or unrelated")
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
