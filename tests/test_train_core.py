@@ -147,3 +147,24 @@ def test_sigterm_saves_then_exits(tmp_path):
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] > 0
     assert results.read_metrics(str(tmp_path))["toy"]["stopped_early"] is True
+
+
+def test_params_saved_on_eight_devices_start_a_run_on_one(tmp_path):
+    """`restore_params` (SFT's start from pretraining, fine-tuning from another machine) reads a
+    checkpoint whose devices do not exist here: saved sharded over 8 devices, read with 1."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = {"w": jax.device_put(jnp.arange(16.0).reshape(8, 2), sharded)}
+    saver = checkpoint.Checkpoints(str(tmp_path / "run" / "checkpoints"), _cfg())
+    saver.save(3, {"params": params, "opt_state": {"mu": params["w"] * 0}}, {}, {})
+    saver.close()
+    script = ("import jax, jax.numpy as jnp\n"
+              "from cm3leon_jax.train import checkpoint\n"
+              "abstract = {'w': jax.ShapeDtypeStruct((8, 2), jnp.float32)}\n"
+              f"params, step = checkpoint.restore_params({str(tmp_path / 'run')!r}, abstract)\n"
+              "print(jax.device_count(), step, float(params['w'].sum()))\n")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["1", "3", "120.0"]

@@ -123,7 +123,9 @@ def check_compatible(meta: dict, model_signature: dict, data_fingerprint: str,
 def restore_params(source: str, abstract_params=None):
     """Params only from the latest checkpoint of another run (a workdir or its checkpoints dir).
 
-    Used by SFT to start from pretraining: the optimizer state and step are not taken.
+    Used by SFT to start from pretraining: the optimizer state and step are not taken. A checkpoint
+    saved on other devices (another machine, another device count) is read onto this process's
+    first device and then placed by `abstract_params`' shardings.
     """
     path = epath.Path(source)
     if (path / "checkpoints").exists():
@@ -134,7 +136,9 @@ def restore_params(source: str, abstract_params=None):
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"train.init_from={source!r}: no checkpoint in {path}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    elsewhere = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=elsewhere)))
     manager.close()
     params = restored["state"]["params"]
     if abstract_params is not None:
