@@ -489,6 +489,7 @@ def mesh_config(cfg: ml_collections.ConfigDict) -> MeshConfig:
 # vqgan / vqgan_train / text_tokenizer / vocab: the image and text tokenizers and the id space
 # (issue 4). Code: cm3leon_jax/tokenizers/ and cm3leon_jax/vocab.py.
 
+ENCODER_CONTEXTS = ("global", "local")
 CODEBOOK_LOOKUPS = ("cosine", "l2")
 CODEBOOK_UPDATES = ("loss", "ema")
 RECONSTRUCTION_LOSSES = ("l1", "l2")
@@ -515,6 +516,9 @@ class VQGANConfig(Section):
     attention_resolutions: feature-map sides after which a self-attention block is added (taming:
       (16,)); each must be a side the encoder visits, image_size / 2**i.
     mid_attention: a self-attention block between the two middle residual blocks (taming: on).
+    encoder_context: `global` (taming's encoder: every code sees the whole image) or `local` (edge
+      padding, no middle blocks, 1x1 convs at the code resolution: a code sees its patch and ~10
+      pixels around it, so flat background away from objects is one code; `tokenizers/vqgan.py`).
     norm_groups: GroupNorm groups; every level's width must be divisible by it.
     codebook_size: number of codes (paper: 8192; >= 2).
     code_dim: dimension of a code vector (ViT-VQGAN: a small dimension such as 32 uses the codebook
@@ -548,6 +552,7 @@ class VQGANConfig(Section):
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = ()
     mid_attention: bool = True
+    encoder_context: str = "global"
     norm_groups: int = 16
     codebook_size: int = 512
     code_dim: int = 32
@@ -603,6 +608,7 @@ class VQGANConfig(Section):
         if self.codebook_size < 2:
             fail(f"{prefix}.codebook_size", self.codebook_size, "must be >= 2")
         require_positive(f"{prefix}.code_dim", self.code_dim)
+        require_choice(f"{prefix}.encoder_context", self.encoder_context, ENCODER_CONTEXTS)
         require_choice(f"{prefix}.codebook_lookup", self.codebook_lookup, CODEBOOK_LOOKUPS)
         require_choice(f"{prefix}.codebook_update", self.codebook_update, CODEBOOK_UPDATES)
         if not 0.0 < self.ema_decay < 1.0:

@@ -173,6 +173,35 @@ def test_save_load_round_trip(tokenizer, tmp_path):
         ImageTokenizer.load(tmp_path / "missing")
 
 
+# ------------------------------------------------------------------------------ encoder -------
+
+def test_local_encoder_codes_background_away_from_the_object_alike():
+    """One small object at the top left of a plain background: with the local encoder every
+    code of the bottom-right 3x3 codes (>= 12 pixels from the object) is the same vector; with
+    taming's global encoder each sees the object and the borders, so they differ."""
+    from cm3leon_jax.tokenizers.vqgan import Encoder  # noqa: PLC0415
+
+    scene = scenes.Scene(scenes.Background("plain", (180, 180, 180), (180, 180, 180)),
+                         (scenes.Obj("cross", "red", "small", 0),))
+    image = jnp.asarray(render.render(scene, 32)[None], jnp.float32) / 127.5 - 1.0
+    spread = {}
+    for context in ("global", "local"):
+        encoder = Encoder(tiny_config(encoder_context=context))
+        latents = encoder.apply(encoder.init(jax.random.key(0), image), image)[0]
+        far = latents[5:, 5:].reshape(-1, latents.shape[-1])
+        spread[context] = float(jnp.abs(far - far[0]).max() / jnp.abs(latents).max())
+    assert spread["local"] < 1e-5 and spread["global"] > 0.01, spread
+
+
+def test_local_encoder_is_refused_by_the_hugging_face_export_by_name():
+    from cm3leon_jax.export import vqgan_hf  # noqa: PLC0415
+
+    hf_like = dict(channels=32, norm_groups=32)
+    assert vqgan_hf.why_not_convertible(tiny_config(**hf_like)) is None
+    assert "vqgan.encoder_context='local'" in vqgan_hf.why_not_convertible(
+        tiny_config(**hf_like, encoder_context="local"))
+
+
 # ------------------------------------------------------------------------------ config --------
 
 @pytest.mark.parametrize("overrides, field", [
@@ -181,6 +210,7 @@ def test_save_load_round_trip(tokenizer, tmp_path):
     (dict(channel_multipliers=(1, 2)), "vqgan.channel_multipliers"),
     (dict(codebook_size=1), "vqgan.codebook_size"),
     (dict(codebook_lookup="dot"), "vqgan.codebook_lookup"),
+    (dict(encoder_context="patch"), "vqgan.encoder_context"),
     (dict(norm_groups=3), "vqgan.norm_groups"),
     (dict(attention_resolutions=(12,)), "vqgan.attention_resolutions"),
     (dict(discriminator_layers=4), "vqgan.discriminator_layers"),

@@ -53,6 +53,9 @@ def why_not_convertible(config) -> Optional[str]:
     if config.norm_groups != HF_GROUPS:
         return (f"vqgan.norm_groups={config.norm_groups} (HF's ChameleonVQVAE hard-codes "
                 f"GroupNorm({HF_GROUPS}); train the VQ-GAN with norm_groups={HF_GROUPS})")
+    if config.encoder_context != "global":
+        return (f"vqgan.encoder_context={config.encoder_context!r} (HF's encoder is taming's: "
+                f"zero padding, 3x3 convs and middle blocks everywhere)")
     if not config.mid_attention and config.attention_resolutions:
         return ("vqgan.mid_attention=False with attention_resolutions="
                 f"{config.attention_resolutions} (HF switches both with one attn_type)")

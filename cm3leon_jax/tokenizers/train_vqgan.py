@@ -315,8 +315,8 @@ def checkpoint_manager(workdir: str, train: VQGANTrainConfig) -> ocp.CheckpointM
 
 # What must match between a warm-start source and the model it starts (image_size need not).
 ARCHITECTURE_FIELDS = ("downsample_factor", "channels", "channel_multipliers", "num_res_blocks",
-                       "attention_resolutions", "mid_attention", "norm_groups", "codebook_size",
-                       "code_dim", "codebook_lookup", "codebook_update")
+                       "attention_resolutions", "mid_attention", "encoder_context", "norm_groups",
+                       "codebook_size", "code_dim", "codebook_lookup", "codebook_update")
 
 
 def warm_start(state: TrainState, init_from: str, model_cfg: VQGANConfig,

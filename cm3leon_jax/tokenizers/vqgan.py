@@ -29,18 +29,31 @@ def output_conv(name: str | None = None) -> nn.Conv:
     return nn.Conv(3, (3, 3), padding=1, name=name)
 
 
+def conv(x: jax.Array, features: int, kernel: int, padding: str, name: str) -> jax.Array:
+    """A stride-1 square conv keeping the spatial size (call inside a compact module), its border
+    padded with zeros (taming) or by repeating the edge pixels (`edge`: a flat image stays flat up
+    to its border). The parameters are the plain `nn.Conv`'s either way."""
+    pad = kernel // 2
+    if padding == "edge" and pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+        pad = 0
+    return nn.Conv(features, (kernel, kernel), padding=pad, name=name)(x)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> swish -> conv, twice, plus a (1x1-projected where widths differ) skip."""
 
     channels: int
     groups: int
+    kernel: int = 3
+    padding: str = "zeros"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = nn.swish(nn.GroupNorm(self.groups, name="norm1")(x))
-        h = nn.Conv(self.channels, (3, 3), padding=1, name="conv1")(h)
+        h = conv(h, self.channels, self.kernel, self.padding, "conv1")
         h = nn.swish(nn.GroupNorm(self.groups, name="norm2")(h))
-        h = nn.Conv(self.channels, (3, 3), padding=1, name="conv2")(h)
+        h = conv(h, self.channels, self.kernel, self.padding, "conv2")
         if x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1), name="skip")(x)
         return x + h
@@ -62,10 +75,15 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv with taming's asymmetric (0, 1) padding."""
+    """Stride-2 3x3 conv with taming's asymmetric (0, 1) padding (zeros, or the edge repeated)."""
+
+    padding: str = "zeros"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.padding == "edge":
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+            return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=0, name="conv")(x)
         return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=((0, 1), (0, 1)), name="conv")(x)
 
 
@@ -80,28 +98,39 @@ class Upsample(nn.Module):
 
 
 class Encoder(nn.Module):
+    """taming's encoder (`encoder_context="global"`), or its local variant (`"local"`): edge
+    padding instead of zeros, no middle blocks, 1x1 convs at the code resolution. A global code
+    sees the whole image (the middle blocks alone span +-4 codes), so a flat background is coded
+    differently next to the object, the borders and far away; a local code depends on its patch
+    and ~10 pixels around it, so flat background far from the object is one code wherever it is.
+    """
+
     config: VQGANConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        h = nn.Conv(cfg.channels, (3, 3), padding=1, name="conv_in")(x)
+        local = cfg.encoder_context == "local"
+        padding = "edge" if local else "zeros"
+        h = conv(x, cfg.channels, 3, padding, "conv_in")
         levels = len(cfg.channel_multipliers)
         for level, multiplier in enumerate(cfg.channel_multipliers):
+            kernel = 1 if local and level == levels - 1 else 3
             for block in range(cfg.num_res_blocks):
-                h = ResBlock(cfg.channels * multiplier, cfg.norm_groups,
+                h = ResBlock(cfg.channels * multiplier, cfg.norm_groups, kernel, padding,
                              name=f"down{level}_block{block}")(h)
                 if h.shape[1] in cfg.attention_resolutions:
                     h = AttentionBlock(cfg.norm_groups, name=f"down{level}_attn{block}")(h)
             if level != levels - 1:
-                h = Downsample(name=f"down{level}_downsample")(h)
+                h = Downsample(padding, name=f"down{level}_downsample")(h)
         width = h.shape[-1]
-        h = ResBlock(width, cfg.norm_groups, name="mid_block1")(h)
-        if cfg.mid_attention:
-            h = AttentionBlock(cfg.norm_groups, name="mid_attn")(h)
-        h = ResBlock(width, cfg.norm_groups, name="mid_block2")(h)
+        if not local:
+            h = ResBlock(width, cfg.norm_groups, name="mid_block1")(h)
+            if cfg.mid_attention:
+                h = AttentionBlock(cfg.norm_groups, name="mid_attn")(h)
+            h = ResBlock(width, cfg.norm_groups, name="mid_block2")(h)
         h = nn.swish(nn.GroupNorm(cfg.norm_groups, name="norm_out")(h))
-        return nn.Conv(cfg.code_dim, (3, 3), padding=1, name="conv_out")(h)
+        return conv(h, cfg.code_dim, 1 if local else 3, padding, "conv_out")
 
 
 class Decoder(nn.Module):
