@@ -11,8 +11,9 @@ library calls as its own entry point, and leaves something to look at after each
 5. pretrain: CM3 objective on retrieval-augmented rows;
 6. sft: instruction tuning from the pretrained weights;
 7. evaluate: the tuned model on the first `demo.eval_examples` test examples (text-to-image
-   judged by the verifier and FID, captioning CIDEr-D, VQA, editing; `cm3leon_jax/evaluate.py`),
-   with a real-vs-generated grid `W/demo/text2image.png`;
+   judged by the verifier and FID, sampled with nucleus mass `demo.top_p` and CFG 3; captioning
+   CIDEr-D, VQA, editing; `cm3leon_jax/evaluate.py`), with the grids `W/demo/text2image.png`
+   (real next to generated), `captions.png` and `edits.png`, and captions and answers printed;
 8. superres: a VQ-GAN at twice the image size, fine-tuned from the base one on base-size crops,
    the upsampler trained on it (`cm3leon_jax/superres.py`), and the tuned model's text-to-image
    at base resolution next to its upscaled version, `W/demo/upscaled.png`.
@@ -110,14 +111,24 @@ def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
 
     settings = tasks.EvalSettings(num_examples=cfg.demo.eval_examples, seed=0,
-                                  retrieval=False, grid_examples=8)  # SFT prompts take none
-    figures = tasks.evaluate(workdir, settings, cfg=cfg)
-    target = epath.Path(workdir) / "demo" / "text2image.png"
-    if "grid" in figures.get("text2image", {}):
-        target.write_bytes(epath.Path(figures["text2image"]["grid"]).read_bytes())
+                                  retrieval=False, grid_examples=cfg.demo.grid_examples,
+                                  top_p=cfg.demo.get("top_p", tasks.EvalSettings.top_p))
+    figures = tasks.evaluate(workdir, settings, cfg=cfg)  # SFT prompts take no retrieval
+    out = epath.Path(workdir) / "demo"
+    pictures = []
+    for task, name in (("text2image", "text2image.png"), ("caption", "captions.png"),
+                       ("edit", "edits.png")):
+        if "grid" in figures.get(task, {}):
+            (out / name).write_bytes(epath.Path(figures[task]["grid"]).read_bytes())
+            pictures.append(str(out / name))
     print(f"[demo] evaluate ({figures['stage']}, {settings.num_examples} test examples): "
-          + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks)
-          + f"; real vs generated -> {target}")
+          + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks))
+    for sample in figures.get("caption", {}).get("samples", []):
+        print(f"[demo]   caption: {sample['generated']!r} (the scene: {sample['reference']!r})")
+    for sample in figures.get("vqa", {}).get("samples", []):
+        print(f"[demo]   VQA: {sample['question']} -> {sample['generated']!r} "
+              f"(answer: {sample['answer']!r})")
+    print(f"[demo] pictures: {', '.join(pictures)}")
     return {k: v for k, v in tasks.scalars(figures).items() if not k.endswith("/seconds")}
 
 
@@ -214,6 +225,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         if cfg.demo.get("eval_examples", 0) < 2:
             config.fail("demo.eval_examples", cfg.demo.get("eval_examples"),
                         "must be >= 2 (FID and CIDEr-D need two test examples)")
+        top_p = cfg.demo.get("top_p", 0.9)
+        if not 0.0 < top_p <= 1.0:
+            config.fail("demo.top_p", top_p, "must be in (0, 1]: the image tokens' nucleus mass")
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:

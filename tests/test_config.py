@@ -101,3 +101,13 @@ def test_every_field_of_every_section_is_settable_from_the_command_line():
         if "data" in cfg:
             data = holder.value.data
             assert (data.source, data.folder, data.max_objects) == ("folder", "my_data", 1)
+
+
+def test_demo_settings_are_checked_before_anything_runs():
+    from cm3leon_jax import demo, experiment_files  # noqa: PLC0415
+
+    cfg = experiment_files.config(str(REPO / "experiments" / "x.py"), "demo")
+    demo.validate(cfg)
+    cfg.demo.top_p = 0.0
+    with pytest.raises(config.ConfigError, match=r"demo\.top_p=0\.0: must be in \(0, 1\]"):
+        demo.validate(cfg)

@@ -289,9 +289,19 @@ class Evaluator:
                    "exact_match": means.pop("exact"), "parse_rate": means.pop("parsed")}
         figures.update({f"{name}_accuracy": value for name, value in means.items()})
         figures["retrieved_documents"] = float(np.mean([r.retrieved for r in results]))
+        # Different scenes should get different captions: a model that ignores the image
+        # writes one sentence for all (the share of distinct captions among distinct scenes).
+        scenes = {tuple(sorted(objects)) for objects in self.test.objects[:n]}
+        figures["distinct_captions"] = len(set(texts)) / max(len(scenes), 1)
         figures["samples"] = [{"reference": self.test.captions[i], "generated": texts[i]}
                               for i in range(min(4, n))]
         figures["seconds"] = time.perf_counter() - began
+        if settings.grid_examples:  # each test image with the caption the model wrote for it
+            path = self.out_dir / "caption.png"
+            shown = range(min(settings.grid_examples, n))
+            visualize.save_grid(path, [self.test.images[i] for i in shown],
+                                [f"model: {texts[i]}" for i in shown], columns=4)
+            figures["grid"] = str(path)
         return figures
 
     def vqa(self, settings: EvalSettings) -> dict:
@@ -368,7 +378,7 @@ class Evaluator:
 
 
 HEADLINES = {"text2image": ("fid", "exact_match", "attribute_accuracy", "clip_score"),
-             "caption": ("cider_d", "attribute_accuracy", "exact_match"),
+             "caption": ("cider_d", "attribute_accuracy", "exact_match", "distinct_captions"),
              "vqa": ("accuracy",), "edit": ("exact_match", "attribute_accuracy",
                                             "copy_attribute_accuracy")}
 
