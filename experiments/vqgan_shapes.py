@@ -18,12 +18,15 @@ docs/BENCHMARKS.md, "VQ-GAN on shapes".
 
 import ml_collections
 
+from cm3leon_jax.data.shapes import levels
+
 
 def get_config(arg=None):
-    del arg
+    """arg: the `shapes` level (`level1`..`level3`, data/shapes/levels.py); default level 3."""
     cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(
-        source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200, seed=0))
+    cfg.data = levels.apply(ml_collections.ConfigDict(dict(
+        source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200,
+        seed=0)), arg, default=3)
     cfg.vqgan = ml_collections.ConfigDict(dict(
         image_size=32, downsample_factor=4, channels=16, channel_multipliers=(1, 2, 4),
         num_res_blocks=1, attention_resolutions=(), mid_attention=True, norm_groups=8,

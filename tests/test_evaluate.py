@@ -224,8 +224,11 @@ def test_command_line_writes_every_task_to_metrics_json(project):
                 "vqgan_ceiling_attribute_accuracy"):
         assert isinstance(metrics["text2image"][key], float), key
     assert 0 <= metrics["caption"]["cider_d"] and "attribute_accuracy" in metrics["caption"]
+    # 3 scenes: 1/3 when one sentence serves all, up to 1 (an untrained model may repeat itself).
+    assert metrics["caption"]["distinct_captions"] in (1 / 3, 2 / 3, 1.0)
     assert metrics["vqa"]["questions"] == 3 and 0 <= metrics["vqa"]["accuracy"] <= 1
     assert "copy_attribute_accuracy" in metrics["edit"]
     assert (project / "evaluate" / "text2image.png").exists()
     assert (project / "evaluate" / "edit.png").exists()
+    assert (project / "evaluate" / "caption.png").exists()
     assert list((project / "evaluate" / "tensorboard").glob("events.out.tfevents.*"))

@@ -363,3 +363,18 @@ def test_text_table_aligns_and_shortens_numbers():
         ---  ---------------  ------  -----
         a    ran              0.1235
         bb   failed (exit 1)          1 2""")
+
+
+def test_width_batch_sweep_fits_the_tiny_pretraining_config():
+    entries = sweeps.load_sweep(str(REPO / "experiments/sweeps/pretrain_width_batch_level1.py"))
+    tokens = {e["train.batch_size"] * e["train.steps"] for e in entries}
+    assert len(entries) == 3 and tokens == {3200}  # equal rows, hence tokens, in every run
+    pretrain = _load_config(REPO / "experiments/pretrain_tiny.py")
+    sweeps.check_against_config(pretrain, entries, "pretrain_width_batch_level1.py")
+    for entry in entries:
+        trial = ml_collections.ConfigDict(pretrain.to_dict())
+        for field, value in entry.items():
+            section, name = field.split(".")
+            trial[section][name] = value
+        config.model_config(trial)
+        config.train_config(trial)

@@ -6,7 +6,7 @@
 
 or `python -m cm3leon_jax.tokenizers.train_all --config experiments/vqgan_tiny.py --workdir W`.
 `cfg` needs the sections `data`, `vqgan`, `vqgan_train`, `text_tokenizer` and optionally `vocab`
-(`experiments/vqgan_tiny.py` has all of them at the seconds-scale setting).
+(`experiments/vqgan_tiny.py` has all of them at the minutes-scale setting: ~3.5 min on 2 cores).
 
 Layout written under <workdir>/tokenizers/: `vqgan/` (the train_vqgan workdir: checkpoints,
 events, `image_tokenizer/` export), `reconstructions.png` (test images over their
