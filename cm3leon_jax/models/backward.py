@@ -19,9 +19,9 @@ hand-written pass only where it was measured better (benchmarks/backward_passes.
 
 | part | train step time, XLA:CPU, float32 / bfloat16 | step temporaries (vocab 32k, 8k tokens) | auto |
 |---|---|---|---|
-| matmul | 0.97x / **1.12x** faster | same | custom on CPU in 16-bit compute only |
-| attention | **1.05x / 1.07x** faster | **2.3 GB less** (of 5.5) | custom everywhere |
-| loss | 0.97x / 1.00x (noise) | **1.1 GB less** | custom everywhere |
+| matmul | 0.93x / **1.15x** faster | same | custom on CPU in 16-bit compute only |
+| attention | **1.06x / 1.16x** faster | **2.3 GB less** (of 5.5) | custom everywhere |
+| loss | 0.96x / 1.03x (noise) | **1.1 GB less** | custom everywhere |
 
 The memory saving holds on every backend: which residuals autodiff keeps is decided by JAX's
 linearisation before XLA sees the program. The matmul's reasons are XLA:CPU's own (YNNPACK, Eigen),

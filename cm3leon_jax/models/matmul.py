@@ -16,8 +16,8 @@ Measured on jaxlib 0.10.2 (XLA:CPU with YNNPACK), 2048-sized products:
   costs more than the GEMM gains.
 
 The custom VJP (`matmul`) is used where it was measured faster: XLA:CPU in bfloat16 compute,
-where the whole train step of benchmarks/backward_passes.py runs 1.12x faster with it than with
-JAX's autodiff of the same forward (`matmul_autodiff`). In float32 on CPU it was not faster (0.97x),
+where the whole train step of benchmarks/backward_passes.py runs 1.15x faster with it than with
+JAX's autodiff of the same forward (`matmul_autodiff`). In float32 on CPU it was slower (0.93x),
 and GPU/TPU have their own GEMM paths: `config.model.backward=auto` (models/backward.py) takes
 `matmul_autodiff` there.
 """
