@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import ml_collections
 
@@ -1183,13 +1183,12 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
-def complete(cfg: ml_collections.ConfigDict,
-             sections: Optional[dict[str, type[Section]]] = None) -> ml_collections.ConfigDict:
+def complete(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Adds every field a typed section lacks, with its default, to each section `cfg` has, in
     place (and returns `cfg`): a config file need only write what it changes, and every field
     is still settable from the command line (`--config.data.folder=...`: ml_collections only
     overrides fields that exist). Typed reads (`section`) give the same values either way."""
-    for name, cls in (sections or SECTIONS).items():
+    for name, cls in SECTIONS.items():
         if name not in cfg or not isinstance(cfg[name], ml_collections.ConfigDict):
             continue
         for field in dataclasses.fields(cls):
@@ -1198,4 +1197,3 @@ def complete(cfg: ml_collections.ConfigDict,
                            else field.default_factory())
                 cfg[name][field.name] = default
     return cfg
-

@@ -225,7 +225,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         if cfg.demo.get("eval_examples", 0) < 2:
             config.fail("demo.eval_examples", cfg.demo.get("eval_examples"),
                         "must be >= 2 (FID and CIDEr-D need two test examples)")
-        top_p = cfg.demo.get("top_p", 0.9)
+        from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
+
+        top_p = cfg.demo.get("top_p", tasks.EvalSettings.top_p)
         if not 0.0 < top_p <= 1.0:
             config.fail("demo.top_p", top_p, "must be in (0, 1]: the image tokens' nucleus mass")
 

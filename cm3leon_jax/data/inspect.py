@@ -28,6 +28,7 @@ The vocabulary is the one the manifest names (`prepare` records it), else `<work
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Callable, Optional
 
 from absl import flags
@@ -188,14 +189,6 @@ def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: 
     host = dict(process_index=0, process_count=1, seed=seed, batch_size=batch_size)
     special = pipeline.special_ids(vocab)
 
-    def take(dataset):
-        out = []
-        for batch in dataset.as_numpy_iterator():
-            out.append(batch)
-            if len(out) == batches:
-                return out
-        return out
-
     streams = {
         "pretrain": pipeline.pretrain_dataset(prepared, "train", special, cm3, repeat=False,
                                               **host),
@@ -205,7 +198,7 @@ def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: 
     }
     out = {}
     for name, dataset in streams.items():
-        counts = _token_counts(vocab, take(dataset))
+        counts = _token_counts(vocab, itertools.islice(dataset.as_numpy_iterator(), batches))
         slots = max(counts.pop("slots"), 1.0)
         tokens = max(slots - counts["padding"], 1.0)
         out[name] = {"rows_slots": slots, "documents_tokens": tokens,

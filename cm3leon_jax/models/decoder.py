@@ -164,14 +164,12 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array, inputs: BlockInputs,
                  layer_cache: Optional[tuple[jax.Array, jax.Array]]):
         cfg = self.config
-        mlp_options = dict(hidden_dim=cfg.hidden_dim, init_std=cfg.init_std,
-                           zero_init_output=cfg.zero_init_output_projections,
-                           dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
-                           custom_backward=backward_lib.use_custom(cfg.backward, "matmul", cfg.dtype))
-        if cfg.preset == "cm3leon":
-            mlp = GeluMLP(name="mlp", **mlp_options)
-        else:
-            mlp = SwiGLU(name="mlp", **mlp_options)
+        mlp_cls = GeluMLP if cfg.preset == "cm3leon" else SwiGLU
+        mlp = mlp_cls(hidden_dim=cfg.hidden_dim, init_std=cfg.init_std,
+                      zero_init_output=cfg.zero_init_output_projections,
+                      dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                      custom_backward=backward_lib.use_custom(cfg.backward, "matmul", cfg.dtype),
+                      name="mlp")
         attention = Attention(cfg, name="attention")
         attention_norm, mlp_norm = _norm(cfg, "attention_norm"), _norm(cfg, "mlp_norm")
         if cfg.swin_norm:

@@ -362,8 +362,9 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                        f" neighbours on average: the rules skipped the rest among "
                        f"{retrieval.num_candidates} candidates (near-duplicates above "
                        f"{retrieval.relevance_threshold}, or too alike to each other above "
-                       f"{retrieval.diversity_threshold}). An encoder near chance scores everything "
-                       f"alike (see its recall); otherwise raise config.retrieval.num_candidates")
+                       f"{retrieval.diversity_threshold}). An encoder near chance scores "
+                       f"everything alike (see its recall); otherwise raise "
+                       f"config.retrieval.num_candidates")
             logging.warning("%s", warning)
             print(warning)
     results.write_metrics(workdir, STAGE, figures)

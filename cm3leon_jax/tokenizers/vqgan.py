@@ -81,10 +81,11 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        pad = ((0, 1), (0, 1))
         if self.padding == "edge":
-            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-            return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=0, name="conv")(x)
-        return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=((0, 1), (0, 1)), name="conv")(x)
+            x = jnp.pad(x, ((0, 0), *pad, (0, 0)), mode="edge")
+            pad = 0
+        return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=pad, name="conv")(x)
 
 
 class Upsample(nn.Module):
