@@ -929,6 +929,9 @@ class CM3Config(Section):
       when documents may not be split. Both are counted by the packer.
     max_open_rows: rows the packer keeps open at once for first-fit packing (1 = next-fit). More
       open rows waste less padding; the rows leave in a deterministic order either way.
+    with_retrieval: pretraining rows carry each document's retrieved documents (where the prepared
+      shards hold them). False trains on the bare documents of the same shards: the no-retrieval
+      arm of the retrieval ablation, with everything else equal.
     """
 
     image_first_probability: float = 0.5
@@ -942,6 +945,7 @@ class CM3Config(Section):
     allow_split_documents: bool = False
     overlong: str = "truncate"
     max_open_rows: int = 8
+    with_retrieval: bool = True
 
     def check(self, prefix: str) -> None:
         require_range(f"{prefix}.image_first_probability", self.image_first_probability, 0.0, 1.0)

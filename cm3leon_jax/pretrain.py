@@ -39,7 +39,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 lambda r=with_retrieval: batches("validation", repeat=False,
                                                  num_batches=train.eval_batches,
                                                  with_retrieval=r))
-    task = decoder_task.make_task(STAGE, cfg, setup.mesh, batches("train"), eval_data,
+    train_data = batches("train", with_retrieval=cm3.with_retrieval)
+    task = decoder_task.make_task(STAGE, cfg, setup.mesh, train_data, eval_data,
                                   setup.image_range, setup.fingerprint, cm3.seq_len,
                                   on_eval=samples.make_on_eval(cfg, setup, STAGE))
     return loop.train(train, run_dir(workdir), task, cfg.to_dict(), metrics_workdir=workdir)

@@ -155,3 +155,10 @@ def test_eval_writes_text_to_image_samples(workdir, tmp_path):
     import tensorflow as tf
     image = tf.io.decode_image(tf.make_ndarray(tags["samples/text_to_image"].tensor)[2]).numpy()
     assert image.shape == (2 * 34 + 2, 3 * 34 + 2, 3)
+    # shapes captions: the verifier judges the samples, and every eval is in eval_log.jsonl.
+    from cm3leon_jax.train import loop
+    evals = loop.read_train_log(str(other / "pretrain"), loop.EVAL_LOG)
+    assert list(evals) == [1]
+    assert evals[1]["tokens"] == cfg.train.batch_size * cfg.cm3.seq_len
+    assert 0.0 <= evals[1]["samples/attribute_accuracy"] <= 1.0
+    assert evals[1]["validation/loss"] > 0 and evals[1]["validation_no_retrieval/loss"] > 0

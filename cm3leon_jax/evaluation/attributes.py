@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cm3leon_jax.data.shapes import scenes
+from cm3leon_jax.data.shapes import scenes, verifier
 
 ObjectKey = tuple[str, str, str, int]
 ATTRIBUTES = ("shape", "colour", "size", "position")
@@ -99,3 +99,21 @@ def mean_scores(rows: Sequence[dict]) -> dict:
     if not rows:
         return {}
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def judge_images(images: np.ndarray, expected: Sequence[Sequence[ObjectKey]]
+                 ) -> tuple[dict, list[bool]]:
+    """Verifier figures of generated images against each one's expected objects: (means of
+    exact match, attributes, count and each attribute; per-image exact flags)."""
+    rows, exact = [], []
+    for image, objects in zip(images, expected):
+        detection = verifier.detect(image)
+        match = detection.valid and detection.objects == tuple(sorted(map(tuple, objects)))
+        rows.append(object_scores(detection.objects, objects))
+        exact.append(bool(match))
+    means = mean_scores(rows)
+    figures = {"exact_match": float(np.mean(exact)),
+               "attribute_accuracy": means.pop("attributes"),
+               "count_accuracy": means.pop("count")}
+    figures.update({f"{name}_accuracy": value for name, value in means.items()})
+    return figures, exact

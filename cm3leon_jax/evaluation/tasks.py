@@ -43,7 +43,6 @@ import numpy as np
 
 from cm3leon_jax import config as config_lib
 from cm3leon_jax import visualize
-from cm3leon_jax.data.shapes import verifier
 from cm3leon_jax.evaluation import attributes, cider, fid, vqa
 from cm3leon_jax.generation import generator as generator_lib
 from cm3leon_jax.generation.sampling import SamplingConfig
@@ -172,22 +171,6 @@ def run_config(workdir: str, stage: str, cfg: Optional[ml_collections.ConfigDict
     return ml_collections.ConfigDict(saved)
 
 
-def _judge_images(images: np.ndarray, expected: Sequence[Sequence[attributes.ObjectKey]]
-                  ) -> tuple[dict, list[bool]]:
-    rows, exact = [], []
-    for image, objects in zip(images, expected):
-        detection = verifier.detect(image)
-        match = detection.valid and detection.objects == tuple(sorted(map(tuple, objects)))
-        rows.append(attributes.object_scores(detection.objects, objects))
-        exact.append(bool(match))
-    means = attributes.mean_scores(rows)
-    figures = {"exact_match": float(np.mean(exact)),
-               "attribute_accuracy": means.pop("attributes"),
-               "count_accuracy": means.pop("count")}
-    figures.update({f"{name}_accuracy": value for name, value in means.items()})
-    return figures, exact
-
-
 def _verdict(ok: bool) -> str:
     return "MATCH" if ok else "no match"
 
@@ -231,7 +214,7 @@ class Evaluator:
         score above what the image tokenizer can render (cached per sample count)."""
         if n not in self._ceiling:
             rebuilt = self.generator.image_tokenizer.reconstruct(self.test.images[:n])
-            figures, _ = _judge_images(rebuilt, self.test.objects[:n])
+            figures, _ = attributes.judge_images(rebuilt, self.test.objects[:n])
             self._ceiling[n] = {"vqgan_ceiling_exact_match": figures["exact_match"],
                                 "vqgan_ceiling_attribute_accuracy": figures["attribute_accuracy"]}
         return self._ceiling[n]
@@ -250,7 +233,7 @@ class Evaluator:
             captions, num_samples=settings.num_samples, sampling=settings.image_sampling(),
             seed=settings.seed, retrieval=settings.retrieval)
         images = np.stack([r.images[0] for r in results])
-        figures, exact = _judge_images(images, self.test.objects[:n])
+        figures, exact = attributes.judge_images(images, self.test.objects[:n])
         figures.update(self.ceiling(n))
         figures["fid"] = fid.fid(self.features(images), self.real_features(n))
         if n >= 4:  # a noise floor at this sample size: FID of real images against real ones
@@ -335,8 +318,8 @@ class Evaluator:
                                       num_samples=settings.num_samples,
                                       sampling=settings.image_sampling(), seed=settings.seed)
         images = np.stack([r.images[0] for r in results])
-        figures, exact = _judge_images(images, self.test.edit_objects[:n])
-        copy, _ = _judge_images(self.test.images[:n], self.test.edit_objects[:n])
+        figures, exact = attributes.judge_images(images, self.test.edit_objects[:n])
+        copy, _ = attributes.judge_images(self.test.images[:n], self.test.edit_objects[:n])
         figures["copy_attribute_accuracy"] = copy["attribute_accuracy"]
         figures["seconds"] = time.perf_counter() - began
         if grid and settings.grid_examples:

@@ -5,7 +5,8 @@ the rest: state creation on the mesh, resume / init-from, the jitted step with e
 and donated state, CLU metrics + ReportProgress (steps/s, ETA), tokens/s and MFU, periodic eval,
 Orbax checkpoints (async, last K + best), SIGTERM save-and-stop, non-finite handling, and the final
 figures in `<workdir>/metrics.json`. Every logged step is also appended to
-`<workdir>/train_log.jsonl` (one JSON object per line; after a resume the newest line per step wins).
+`<workdir>/train_log.jsonl` and every eval to `<workdir>/eval_log.jsonl` (one JSON object per line;
+after a resume the newest line per step wins): the learning curves without TensorBoard.
 """
 
 from __future__ import annotations
@@ -91,16 +92,22 @@ def evaluate(task: Task, eval_fn, params, batches: int) -> dict[str, dict[str, f
     return figures
 
 
-def _log_line(workdir: epath.Path, step: int, scalars: dict) -> None:
+TRAIN_LOG, EVAL_LOG = "train_log.jsonl", "eval_log.jsonl"
+
+
+def _log_line(workdir: epath.Path, step: int, scalars: dict, name: str = TRAIN_LOG) -> None:
     if jax.process_index() != 0:
         return
-    with (workdir / "train_log.jsonl").open("a") as file:
+    with (workdir / name).open("a") as file:
         file.write(json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
 
 
-def read_train_log(workdir: str) -> dict[int, dict]:
-    """step -> logged scalars, the newest line per step (what a resumed run re-logged wins)."""
-    path = epath.Path(workdir) / "train_log.jsonl"
+def read_train_log(workdir: str, name: str = TRAIN_LOG) -> dict[int, dict]:
+    """step -> logged scalars, the newest line per step (what a resumed run re-logged wins).
+
+    name: TRAIN_LOG (training scalars per log step) or EVAL_LOG (the eval figures of each eval,
+    flattened as "<eval set>/<figure>", with "tokens": training tokens seen by then)."""
+    path = epath.Path(workdir) / name
     entries = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -217,7 +224,13 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         writer.write_scalars(step_number, {f"eval/{name}/{k}": v for name, f in figures.items()
                                            for k, v in f.items()})
         if task.on_eval is not None:
-            figures.update(task.on_eval(state.params, step_number, writer) or {})
+            extra = task.on_eval(state.params, step_number, writer) or {}
+            writer.write_scalars(step_number, {f"eval/{name}/{k}": v for name, f in extra.items()
+                                               for k, v in f.items()})
+            figures.update(extra)
+        flat = {f"{name}/{k}": float(v) for name, f in figures.items() for k, v in f.items()}
+        _log_line(workdir_path, step_number,
+                  {"tokens": step_number * task.tokens_per_batch, **flat}, EVAL_LOG)
         if figures:
             summary = ", ".join(f"{n} loss {f['loss']:.4f}" for n, f in figures.items()
                                 if isinstance(f, dict) and "loss" in f)

@@ -10,6 +10,10 @@ caption, the real validation image (its VQ-GAN reconstruction) first, then the s
 first. The captions go to `samples/captions` as text.
 
 Retrieval is not used for these samples (`retrieval=False`): the figure tracks the decoder alone.
+When every caption is a `shapes` caption (`scenes.parse_caption` reads its objects), the verifier
+also judges the best sample of each (`evaluation.attributes.judge_images`), and the eval figures
+gain "samples": {exact_match, attribute_accuracy, ...}: the verifier's learning curve, logged with
+the eval losses (TensorBoard and the run's eval_log.jsonl).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.data import shards
+from cm3leon_jax.data.shapes import scenes
+from cm3leon_jax.evaluation import attributes
 
 def validation_examples(prepared, vocab, count: int) -> list[tuple[str, np.ndarray]]:
     """(caption, int32 codes [h, w]) of the first `count` validation documents with an image."""
@@ -76,6 +82,8 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
         logging.warning("samples: no validation document has a caption and an image")
         return None
     captions = [caption for caption, _ in examples]
+    expected = [scenes.parse_caption(caption) for caption in captions]
+    judged = all(objects for objects in expected)
     sampling = SamplingConfig(temperature=samples.temperature, top_k=samples.top_k,
                               top_p=samples.top_p, cfg_scale=samples.cfg_scale).check()
     sft = config_lib.sft_config(cfg) if stage == "sft" else config_lib.SFTConfig()
@@ -101,8 +109,14 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
         writer.write_images(step, {"samples/text_to_image": grid[None]})
         writer.write_texts(step, {"samples/captions": "\n\n".join(
             f"{i}: {caption}" for i, caption in enumerate(captions))})
+        note = ""
+        figures = {}
+        if judged:
+            figures, _ = attributes.judge_images(generated[:, 0], expected)
+            note = (f"; verifier exact {figures['exact_match']:.2f}, attributes "
+                    f"{figures['attribute_accuracy']:.2f}")
         print(f"[{stage}] eval at step {step}: wrote {generated.shape[0]}x{generated.shape[1]} "
-              "image samples to TensorBoard")
-        return {}
+              f"image samples to TensorBoard{note}")
+        return {"samples": figures} if figures else {}
 
     return on_eval
