@@ -10,7 +10,9 @@ returns tiny imaginary parts for the (often rank-deficient) covariances of a few
 agree to rounding on full-rank inputs (tested, with the closed form of two Gaussians).
 
 Features (`FeatureExtractor`): FID's Inception network was trained on ImageNet, and nothing may be
-downloaded here, so the features come from an image encoder this project trains:
+downloaded here. A user who has its weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`)
+passes the file (`evaluate --fid_weights PATH`) and gets the standard features
+(`inception`, `inception.py`); otherwise they come from an image encoder this project trains:
 
 * `biencoder` (preferred): the retrieval bi-encoder's image tower (`retrieval/encoder.py`,
   `W/retrieval_encoder` or `retrieval.encoder_dir`), its pooled class-token state *before* the
@@ -29,12 +31,14 @@ the same sample count, which `metrics.json` records.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
 import numpy as np
 
 BIENCODER = "biencoder"
 VQGAN = "vqgan"
+INCEPTION = "inception"
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,9 +145,26 @@ def vqgan_features(image_tokenizer, batch_size: int = 64) -> FeatureExtractor:
         lambda images: pooled(image_tokenizer.variables, images), batch_size)
 
 
-def feature_extractor(biencoder: Optional[object], image_tokenizer, batch_size: int = 64
-                      ) -> FeatureExtractor:
-    """The bi-encoder's image tower when there is one, else the VQ-GAN fallback."""
+def inception_features(weights: str, batch_size: int = 16) -> FeatureExtractor:
+    """FID's own Inception-v3 pool3 from the user's weights file (`inception.py`)."""
+    import jax  # noqa: PLC0415
+
+    from cm3leon_jax.evaluation import inception  # noqa: PLC0415
+
+    params = inception.load_params(weights)
+    pool3 = jax.jit(inception.pool3)
+    return FeatureExtractor(
+        INCEPTION, f"FID Inception-v3 pool3, 2,048-d (TensorFlow's FID graph; weights "
+        f"{os.path.abspath(weights)}): comparable with published FID at the same sample count",
+        lambda images: pool3(params, images), batch_size)
+
+
+def feature_extractor(biencoder: Optional[object], image_tokenizer, batch_size: int = 64,
+                      inception_weights: str = "") -> FeatureExtractor:
+    """FID Inception when its weights are given, else the bi-encoder's image tower when there
+    is one, else the VQ-GAN fallback."""
+    if inception_weights:
+        return inception_features(inception_weights, min(batch_size, 16))
     if biencoder is not None:
         return biencoder_features(biencoder, batch_size)
     return vqgan_features(image_tokenizer, batch_size)

@@ -53,7 +53,7 @@ EDIT_KEYS = ("exact_match", "attribute_accuracy", "copy_attribute_accuracy", "se
 
 def run_table(workdir: str, base: tasks.EvalSettings, grid: Grid = Grid(),
               cfg: Optional[ml_collections.ConfigDict] = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, fid_weights: str = "") -> dict:
     """Runs the grid (module docstring); returns {"rows": {task: [row, ...]}, "notes": [...]}."""
     base = dataclasses.replace(base, grid_examples=0).check()
     began = time.perf_counter()
@@ -66,7 +66,8 @@ def run_table(workdir: str, base: tasks.EvalSettings, grid: Grid = Grid(),
             continue
         try:
             evaluator = tasks.Evaluator(workdir, cfg, stage, base.num_examples, base.batch_size,
-                                        retrieval_index=any(grid.retrieval))
+                                        retrieval_index=any(grid.retrieval),
+                                        fid_weights=fid_weights)
             evaluator.index_error = None
         except (ValueError, FileNotFoundError) as error:
             if not any(grid.retrieval) or "index" not in str(error):
@@ -74,7 +75,8 @@ def run_table(workdir: str, base: tasks.EvalSettings, grid: Grid = Grid(),
             notes.append(f"{stage}: the retrieval index could not be used, retrieval-on rows "
                          f"left out ({error})")
             evaluator = tasks.Evaluator(workdir, cfg, stage, base.num_examples,
-                                        base.batch_size, retrieval_index=False)
+                                        base.batch_size, retrieval_index=False,
+                                        fid_weights=fid_weights)
             evaluator.index_error = str(error)
         meta[stage] = {"step": evaluator.generator.step}
         meta["fid_features"] = evaluator.features.describe
