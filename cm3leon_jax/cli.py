@@ -27,7 +27,7 @@ from ml_collections.config_flags import config_flags as config_flags_lib
 
 from cm3leon_jax import compilation_cache
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.config import ConfigError
+from cm3leon_jax.config import ConfigError, InputError
 from cm3leon_jax.parallel import distributed
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
@@ -87,7 +87,8 @@ def start_app_main(argv: list[str], workdir: Optional[str]) -> None:
 
 
 def run(main: Main, default_config: Optional[str] = None, require_workdir: bool = True) -> None:
-    """Parses flags and calls `main(config, workdir)`; ConfigError exits with status 2 and a message."""
+    """Parses flags and calls `main(config, workdir)`; a ConfigError, InputError or missing /
+    existing file exits with status 2 and its message (no traceback)."""
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -104,6 +105,10 @@ def run(main: Main, default_config: Optional[str] = None, require_workdir: bool 
         except ConfigError as error:
             logging.error("%s", error)
             print(f"config error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except (InputError, FileNotFoundError, FileExistsError) as error:
+            logging.error("%s", error)
+            print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and what is allowed."""
 
 
+class InputError(ValueError):
+    """Input that cannot be used (a checkpoint of another model or vocabulary, data that does not
+    fit); the message names it and what to do. Entry points print it without a traceback."""
+
+
 def fail(field: str, value: Any, problem: str) -> typing.NoReturn:
     raise ConfigError(f"config.{field}={value!r}: {problem}")
 

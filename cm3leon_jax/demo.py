@@ -38,7 +38,7 @@ from cm3leon_jax.data.shapes import verifier
 def data_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     data = config.data_config(cfg)
     ready = sources.prepared_builder(data, workdir)
-    sizes = {split: ready.info.splits[split].num_examples for split in sources.SPLITS}
+    sizes = {split: sources.split_size(data, workdir, split) for split in sources.SPLITS}
     logging.info("data set %s: %s", ready.info.full_name, sizes)
     examples = list(sources.numpy_examples(data, workdir, "train", limit=cfg.demo.grid_examples))
     grid = epath.Path(workdir) / "demo" / "examples.png"
@@ -61,9 +61,10 @@ def tokenizer_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     target = epath.Path(workdir) / "demo" / "reconstructions.png"
     target.write_bytes(epath.Path(artefacts.reconstructions_png).read_bytes())
     vq = artefacts.figures["vqgan"]
-    print(f"[demo] tokenizers: VQ-GAN PSNR {vq.get('psnr_db', float('nan')):.1f} dB, verifier "
-          f"exact-match on reconstructions {vq.get('verifier_exact_match', float('nan')):.2f}; "
-          f"originals over reconstructions -> {target}")
+    verdict = (f"verifier exact-match on reconstructions {vq['verifier_exact_match']:.2f}"
+               if "verifier_exact_match" in vq else vq.get("verifier", "no verifier figure"))
+    print(f"[demo] tokenizers: VQ-GAN PSNR {vq['psnr_db']:.1f} dB, SSIM {vq['ssim']:.3f}, "
+          f"{verdict}; originals over reconstructions -> {target}")
     return {k: v for k, v in vq.items() if isinstance(v, (int, float))}
 
 

@@ -16,7 +16,8 @@ Metrics (definitions in `cm3leon_jax/evaluation/`): text-to-image exact match an
 accuracy judged by the `shapes` verifier, FID on the retrieval bi-encoder's image-tower features
 (VQ-GAN latents when W has no trained encoder; `fid_features` says which), CLIP score;
 captioning CIDEr-D and attribute-word accuracy; VQA normalised exact match; editing verifier
-accuracy. The model's config comes from its checkpoint (or `--config`), the test examples from
+accuracy. `--fid_weights PATH` (pytorch-fid's Inception file, which nothing here downloads) makes
+FID the standard one, comparable with published figures. The model's config comes from its checkpoint (or `--config`), the test examples from
 that config's `data` section. Every figure is at a fixed `--seed` and `--num_examples`.
 """
 
@@ -51,6 +52,9 @@ _QUESTIONS = flags.DEFINE_integer("questions_per_example", 0,
                                   "VQA questions per image (0 = all).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Rows per compiled decoding call.")
 _GRID_EXAMPLES = flags.DEFINE_integer("grid_examples", 8, "Examples drawn in the PNG grids.")
+_FID_WEIGHTS = flags.DEFINE_string(
+    "fid_weights", "", "FID's Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-"
+    "6726825d.pth, or an .npz of it): standard, comparable FID. Empty: the project's features.")
 _TABLE = flags.DEFINE_bool("table", False, "Run the ablation grid and write --results_md.")
 _RESULTS_MD = flags.DEFINE_string("results_md", None, "--table: markdown (default W/RESULTS.md).")
 _TABLE_STAGES = flags.DEFINE_list("table_stages", "pretrain,sft", "--table: stages.")
@@ -92,7 +96,8 @@ def run_table(workdir: str) -> str:
     from cm3leon_jax.evaluation import table, tasks  # noqa: PLC0415
 
     settings = settings_from_flags()
-    result = table.run_table(workdir, settings, grid_from_flags(), cfg=FLAGS.config)
+    result = table.run_table(workdir, settings, grid_from_flags(), cfg=FLAGS.config,
+                             fid_weights=_FID_WEIGHTS.value)
     results.write_metrics(workdir, "evaluate_table", result)
     values = {}
     for task, rows in result["rows"].items():
@@ -121,8 +126,9 @@ def main(argv: list[str]) -> None:
             return
         from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
 
-        figures = tasks.evaluate(FLAGS.workdir, settings_from_flags(), cfg=FLAGS.config)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+        figures = tasks.evaluate(FLAGS.workdir, settings_from_flags(), cfg=FLAGS.config,
+                                 fid_weights=_FID_WEIGHTS.value)
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"[evaluate] {figures['stage']} step {figures['step']}, {figures['num_examples']} "

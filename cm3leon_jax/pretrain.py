@@ -42,7 +42,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     train_data = batches("train", with_retrieval=cm3.with_retrieval)
     task = decoder_task.make_task(STAGE, cfg, setup.mesh, train_data, eval_data,
                                   setup.image_range, setup.fingerprint, cm3.seq_len,
-                                  on_eval=samples.make_on_eval(cfg, setup, STAGE))
+                                  on_eval=samples.make_on_eval(cfg, setup, STAGE),
+                                  vocab_fingerprint=setup.vocab.fingerprint)
     return loop.train(train, run_dir(workdir), task, cfg.to_dict(), metrics_workdir=workdir)
 
 

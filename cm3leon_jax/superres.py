@@ -182,6 +182,8 @@ def evaluate(up: upsampler.Upsampler, pairs: dict, *, sampling=upsampler.GREEDY,
             "bicubic_high_res": rate(candidates["bicubic"]),
             "high_vqgan_reconstruction": rate(candidates["high_vqgan_reconstruction"]),
             "true_low_res": rate(pairs["low"]), "true_high_res": rate(truth)}
+    else:
+        figures["verifier"] = "no verifier for this data: PSNR and SSIM only"
     figures["beats_bicubic"] = {
         "psnr": figures["upsampler"]["psnr_db"] > figures["bicubic"]["psnr_db"],
         "ssim": figures["upsampler"]["ssim"] > figures["bicubic"]["ssim"]}
@@ -304,7 +306,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
           f"SSIM {figures['upsampler']['ssim']:.3f}; bicubic {figures['bicubic']['psnr_db']:.2f} "
           f"dB {figures['bicubic']['ssim']:.3f}; high-res VQ-GAN ceiling "
           f"{figures['high_vqgan_reconstruction']['psnr_db']:.2f} dB; verifier "
-          f"{figures.get('verifier_exact_match')}")
+          f"{figures.get('verifier_exact_match', figures.get('verifier'))}")
     return {"state": state, **merged}
 
 

@@ -24,6 +24,7 @@ the VQ-GAN export; `Vocabulary.load(dir)` restores it and `.image_tokenizer()` l
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Iterable, Sequence, Union
@@ -373,6 +374,23 @@ class Vocabulary:
                              f"{tokenizer.codebook_size} and codes {tokenizer.code_shape}; the "
                              f"vocabulary expects {self.codebook_size} and {self.code_shape}")
         return tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what gives every id its meaning: the layout, the text tokenizer's model and
+        the VQ-GAN's files (not where they lie, so a copied vocabulary keeps its fingerprint).
+        A model trained on one vocabulary is refused data prepared with another."""
+        digest = hashlib.sha256(json.dumps({
+            "special": list(self.special_tokens), "text_size": self.text_size,
+            "codebook_size": self.codebook_size, "code_shape": list(self.code_shape),
+            "vocab_size": self.vocab_size}, sort_keys=True).encode())
+        digest.update(self.text_tokenizer.model_proto)
+        if self.image_tokenizer_path:
+            from cm3leon_jax.tokenizers import image_tokenizer  # noqa: PLC0415
+
+            for name in (image_tokenizer.CONFIG_FILE, image_tokenizer.VARIABLES_FILE):
+                digest.update((epath.Path(self.image_tokenizer_path) / name).read_bytes())
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return (f"Vocabulary(special={self.text_offset}, text={self.text_size}, "

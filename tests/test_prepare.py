@@ -198,6 +198,12 @@ def test_progress_lines_per_worker_and_worker_count(caplog):
     assert prepare.expected_workers(options) == 2
     assert prepare.expected_workers(prepare.pipeline_options(())) == 1
     assert prepare.expected_workers(prepare.pipeline_options(("--runner=DataflowRunner",))) == 0
+    # No runner named: the local Fn API runner, not Beam's switching default, which would try to
+    # download the Prism runner's binary first.
+    from apache_beam.options.pipeline_options import StandardOptions
+    assert prepare.pipeline_options(()).view_as(StandardOptions).runner == prepare.LOCAL_RUNNER
+    assert prepare.pipeline_options(("--runner=DataflowRunner",)).view_as(
+        StandardOptions).runner == "DataflowRunner"
     report = prepare.ReportProgress("prepare: train documents", total=10, workers=2, every_s=1e9)
     report.setup()
     # absl's logger keeps its own level, which an earlier test's entry point may have raised

@@ -70,9 +70,21 @@ def vocab_dir(prepare: config.PrepareConfig, workdir: str) -> epath.Path:
 # Beam options and progress (shared with retrieval/neighbours.py)
 # --------------------------------------------------------------------------------------------------
 
+# The local runner when the options name none. Beam's own default (DirectRunner, which switches
+# between runners) first tries the Prism runner, which downloads a binary from GitHub at run time;
+# nothing here may download anything, so the Fn API runner it falls back to is named directly.
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+_LOCAL_RUNNERS = (None, LOCAL_RUNNER, "DirectRunner", "SwitchingDirectRunner",
+                  "BundleBasedDirectRunner")
+
+
 def pipeline_options(beam_options: Sequence[str]) -> PipelineOptions:
-    """`config.prepare.beam_options` as Beam pipeline options (DirectRunner when none say)."""
-    return PipelineOptions(list(beam_options))
+    """`config.prepare.beam_options` as Beam pipeline options (`LOCAL_RUNNER` when none names a
+    runner; `--direct_running_mode` / `--direct_num_workers` apply to it)."""
+    options = list(beam_options)
+    if not any(option.startswith("--runner") for option in options):
+        options.append(f"--runner={LOCAL_RUNNER}")
+    return PipelineOptions(options)
 
 
 def expected_workers(options: PipelineOptions) -> int:
@@ -80,7 +92,7 @@ def expected_workers(options: PipelineOptions) -> int:
     (in_memory, multi_threading: its threads share one count), `direct_num_workers` processes in
     multi_processing mode, 0 (unknown) for other runners."""
     runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"):
+    if runner not in _LOCAL_RUNNERS:
         return 0
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_processing":
@@ -306,6 +318,8 @@ def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str, 
     """
     if data.source in ("shapes", "folder"):
         builder = sources.prepared_builder(data, workdir)
+        if split not in builder.info.splits:  # a small folder can leave a split empty
+            return pipeline | f"No {split} documents" >> beam.Create([])
         files = builder.info.splits[split].file_instructions
         documents = (pipeline
                      | f"Files {split}" >> beam.Create(files)
@@ -432,6 +446,24 @@ def load_removals(out: epath.Path, remove_file: Optional[str]) -> tuple[frozense
 # The run
 # --------------------------------------------------------------------------------------------------
 
+def check_image_size(data: config.DataConfig, vocab_path: epath.Path) -> None:
+    """ConfigError unless the vocabulary's VQ-GAN reads images of `data.image_size` (preparing new
+    data for a trained model keeps its tokenizers, so the data must come at their size)."""
+    from cm3leon_jax.tokenizers import image_tokenizer  # noqa: PLC0415
+    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
+
+    path = Vocabulary.load(vocab_path).image_tokenizer_path
+    tokenizer_config = epath.Path(path) / image_tokenizer.CONFIG_FILE
+    if not path or not tokenizer_config.exists():
+        return
+    size = json.loads(tokenizer_config.read_text())["image_size"]
+    if size != data.image_size:
+        raise config.ConfigError(
+            f"config.data.image_size={data.image_size}: the vocabulary's VQ-GAN ({path}) reads "
+            f"{size}x{size} images; set --config.data.image_size={size} (a trained model keeps "
+            "its tokenizers) or train new tokenizers")
+
+
 def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[str] = None
             ) -> dict:
     data = config.data_config(cfg)
@@ -442,6 +474,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
         raise FileNotFoundError(f"no vocabulary at {vocab_path}: train the tokenizers first "
                                 "(python -m cm3leon_jax.tokenizers.train_vqgan and the text "
                                 "tokenizer), or set config.prepare.vocab_dir")
+    check_image_size(data, vocab_path)
     start = time.perf_counter()
     removed, removal_log = load_removals(out, remove_file)
     policy = provenance.Policy.from_config(data, removed)

@@ -127,6 +127,13 @@ def _generated(data: DataConfig, workdir: str, split: str) -> tf.data.Dataset:
                                           output_signature=signature)
 
 
+def split_size(data: DataConfig, workdir: str, split: str) -> int:
+    """Examples in a split of the project's builders (`shapes`, `folder`); 0 for a split a small
+    folder left empty (tfds then has no such split at all)."""
+    splits = prepared_builder(data, workdir).info.splits
+    return int(splits[split].num_examples) if split in splits else 0
+
+
 def load(data: DataConfig, workdir: str, split: str, shuffle_files: bool = False) -> tf.data.Dataset:
     """A split as a tf.data.Dataset of feature dicts (see the builders for the features)."""
     if split not in SPLITS:

@@ -117,3 +117,9 @@ def judge_images(images: np.ndarray, expected: Sequence[Sequence[ObjectKey]]
                "count_accuracy": means.pop("count")}
     figures.update({f"{name}_accuracy": value for name, value in means.items()})
     return figures, exact
+
+
+def no_verifier(source: str) -> str:
+    """Why a verifier figure is missing on data other than `shapes` (said, never a NaN)."""
+    return (f"no verifier for this data (data.source={source}): exact match and attribute "
+            "accuracy need the `shapes` verifier and scene metadata")

@@ -1,4 +1,4 @@
-"""One evaluation of a trained model on the `shapes` test split: four tasks, fixed seed and size.
+"""One evaluation of a trained model on its data's test split: four tasks, fixed seed and size.
 
     evaluator = Evaluator(workdir)                       # W/sft if trained, else W/pretrain
     figures = evaluator.run(EvalSettings(num_examples=64, seed=0, cfg_scale=3.0))
@@ -23,6 +23,15 @@ ones), each task decoded with `seed`:
   score of returning the source image unchanged (every edit changes exactly one object), the
   floor a useful editor must beat.
 
+Any data (a user folder, tfds, WebDataset): what needs the `shapes` verifier or scene metadata
+(exact match, attribute accuracy, the verifier ceiling) is reported as skipped with the reason
+("no verifier for this data"), as are VQA and editing when the test split holds no
+question/answer pairs or edit pairs; the rest applies to any data: the tokenizer's reconstruction
+PSNR / SSIM (`tokenizer`), FID with its real-vs-real noise level and the CLIP score, CIDEr-D
+against the data's own captions and the share of distinct captions, and the bi-encoder's
+text-image retrieval recall on the test examples (`retrieval`; examples that share a caption
+count as right answers for each other).
+
 A pretrained model gets VQA and editing reported as skipped (pretraining never shows them; the
 paper's "SFT enables editing and QA"). Sampling for image tasks: temperature 1 with top-p
 (`decoding="top_p"`) or CD-K (`decoding="cd_k"`), both under CFG scale `cfg_scale` (1 = off).
@@ -42,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax import visualize
+from cm3leon_jax import image_metrics, visualize
 from cm3leon_jax.evaluation import attributes, cider, fid, vqa
 from cm3leon_jax.generation import generator as generator_lib
 from cm3leon_jax.generation.sampling import SamplingConfig
@@ -116,19 +125,35 @@ class EvalSettings:
 
 @dataclasses.dataclass
 class TestSet:
-    """The first n test examples with what the metrics need (uint8 images, object keys)."""
+    """The first n test examples with what the metrics need (uint8 images, object keys).
+
+    Data other than `shapes` has no objects (`objects` None), and questions / edits only where
+    its examples carry them (empty lists otherwise)."""
 
     ids: list[str]
     images: np.ndarray
     captions: list[str]
-    objects: list[list[attributes.ObjectKey]]
+    objects: Optional[list[list[attributes.ObjectKey]]]
     questions: list[list[tuple[str, str]]]
     edit_instructions: list[str]
-    edit_images: np.ndarray
-    edit_objects: list[list[attributes.ObjectKey]]
+    edit_images: Optional[np.ndarray]
+    edit_objects: Optional[list[list[attributes.ObjectKey]]]
+    source: str = "shapes"
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def has_scenes(self) -> bool:
+        return self.objects is not None
+
+    @property
+    def has_questions(self) -> bool:
+        return any(self.questions)
+
+    @property
+    def has_edits(self) -> bool:
+        return bool(self.edit_instructions) and self.edit_images is not None
 
     @classmethod
     def load(cls, cfg: ml_collections.ConfigDict, workdir: str, num_examples: int) -> "TestSet":
@@ -139,13 +164,18 @@ class TestSet:
             raise ValueError("the run's config has no `data` section: pass --config with the file "
                              "the model was trained with")
         data = config_lib.data_config(cfg)
-        if data.source != "shapes":
-            raise ValueError(f"evaluation judges outputs with the `shapes` verifier and scene "
-                             f"metadata; data.source={data.source!r} has neither")
         examples = list(sources.numpy_examples(data, workdir, "test", limit=num_examples))
         if len(examples) < num_examples:
             raise ValueError(f"the test split holds {len(examples)} examples, fewer than "
-                             f"num_examples={num_examples}")
+                             f"num_examples={num_examples}: lower --num_examples")
+        if data.source != "shapes":
+            questions = [list(zip(e["questions"]["question"], e["questions"]["answer"]))
+                         if isinstance(e.get("questions"), dict) else [] for e in examples]
+            return cls(ids=[e["id"] for e in examples],
+                       images=np.stack([e["image"] for e in examples]).astype(np.uint8),
+                       captions=[e["caption"] for e in examples], objects=None,
+                       questions=questions, edit_instructions=[], edit_images=None,
+                       edit_objects=None, source=data.source)
         return cls(
             ids=[e["id"] for e in examples],
             images=np.stack([e["image"] for e in examples]).astype(np.uint8),
@@ -171,8 +201,8 @@ def run_config(workdir: str, stage: str, cfg: Optional[ml_collections.ConfigDict
     return ml_collections.ConfigDict(saved)
 
 
-def _verdict(ok: bool) -> str:
-    return "MATCH" if ok else "no match"
+def _verdict(ok: Optional[bool]) -> str:
+    return "" if ok is None else (" (MATCH)" if ok else " (no match)")
 
 
 class Evaluator:
@@ -180,8 +210,10 @@ class Evaluator:
 
     def __init__(self, workdir: str, cfg: Optional[ml_collections.ConfigDict] = None,
                  stage: Optional[str] = None, num_examples: int = 64, batch_size: int = 16,
-                 retrieval_index: bool = True):
-        """retrieval_index: load W's retrieval index (when it has one); False never does."""
+                 retrieval_index: bool = True, fid_weights: str = ""):
+        """retrieval_index: load W's retrieval index (when it has one); False never does.
+        fid_weights: FID's Inception-v3 weights file (standard FID); empty: the project's own
+        feature extractor (`fid.feature_extractor`)."""
         workdir = str(workdir)
         stage = stage or generator_lib.default_stage(workdir)  # clear error when untrained
         self.workdir = workdir
@@ -190,7 +222,8 @@ class Evaluator:
         self.cfg = run_config(workdir, stage, cfg)
         self.test = TestSet.load(self.cfg, workdir, num_examples)
         self.features = fid.feature_extractor(self.generator.biencoder,
-                                              self.generator.image_tokenizer, batch_size=32)
+                                              self.generator.image_tokenizer, batch_size=32,
+                                              inception_weights=fid_weights)
         self._real_features: Optional[np.ndarray] = None
         self._ceiling: dict[int, dict] = {}
         self.out_dir = epath.Path(workdir) / OUTPUT_DIR
@@ -208,6 +241,26 @@ class Evaluator:
             raise ValueError(f"num_examples={settings.num_examples} but this evaluator loaded "
                              f"{len(self.test)} test examples")
         return settings.num_examples
+
+    def tokenizer(self) -> dict:
+        """decode(encode(image)) against the test images: PSNR and SSIM (any data)."""
+        rebuilt = self.generator.image_tokenizer.reconstruct(self.test.images)
+        return {"psnr_db": float(np.mean(image_metrics.psnr(rebuilt, self.test.images))),
+                "ssim": float(np.mean(image_metrics.ssim(rebuilt, self.test.images))),
+                "images": len(self.test)}
+
+    def retrieval_recall(self) -> dict:
+        """Text -> image and image -> text recall@1/5 of the bi-encoder on the test examples;
+        examples sharing a caption are right answers for each other (`recall_at` groups)."""
+        from cm3leon_jax.retrieval import recall, retriever  # noqa: PLC0415
+
+        biencoder = self.generator.biencoder
+        if biencoder is None:
+            return {"skipped": "the workdir has no retrieval encoder"}
+        similarity = retriever.text_image_similarity(biencoder, self.test.captions,
+                                                     self.test.images)
+        return {**recall.recall_figures(similarity, self.test.captions),
+                "examples": len(self.test)}
 
     def ceiling(self, n: int) -> dict:
         """The verifier on VQ-GAN reconstructions of the real images: no generated image can
@@ -233,8 +286,13 @@ class Evaluator:
             captions, num_samples=settings.num_samples, sampling=settings.image_sampling(),
             seed=settings.seed, retrieval=settings.retrieval)
         images = np.stack([r.images[0] for r in results])
-        figures, exact = attributes.judge_images(images, self.test.objects[:n])
-        figures.update(self.ceiling(n))
+        exact: list = [None] * n
+        if self.test.has_scenes:
+            figures, exact = attributes.judge_images(images, self.test.objects[:n])
+            figures.update(self.ceiling(n))
+        else:
+            figures = {"skipped_metrics": {"exact_match, attribute_accuracy": attributes.no_verifier(
+                self.test.source)}}
         figures["fid"] = fid.fid(self.features(images), self.real_features(n))
         if n >= 4:  # a noise floor at this sample size: FID of real images against real ones
             real = self.real_features(n)
@@ -251,7 +309,7 @@ class Evaluator:
             cells, texts = [], []
             for i in range(min(settings.grid_examples, n)):
                 cells += [self.test.images[i], images[i]]
-                texts += [f"real: {captions[i]}", f"generated ({_verdict(exact[i])})"]
+                texts += [f"real: {captions[i]}", f"generated{_verdict(exact[i])}"]
             visualize.save_grid(path, cells, texts, columns=4)
             figures["grid"] = str(path)
         return figures
@@ -263,19 +321,28 @@ class Evaluator:
                                          max_new_tokens=settings.max_new_tokens,
                                          retrieval=settings.retrieval)
         texts = [r.texts[0] for r in results]
-        refs = [attributes.references(objects) for objects in self.test.objects[:n]]
-        refs = [list(dict.fromkeys(r + [c])) for r, c in zip(refs, self.test.captions[:n])]
+        # References: the data's caption, plus on `shapes` every template filled with the scene.
+        refs = [[c] for c in self.test.captions[:n]]
+        if self.test.has_scenes:
+            refs = [list(dict.fromkeys(attributes.references(objects) + r))
+                    for objects, r in zip(self.test.objects[:n], refs)]
         score, _ = cider.cider_d(texts, refs)
-        means = attributes.mean_scores([attributes.caption_scores(t, o)
-                                        for t, o in zip(texts, self.test.objects[:n])])
-        figures = {"cider_d": score, "attribute_accuracy": means.pop("attributes"),
-                   "exact_match": means.pop("exact"), "parse_rate": means.pop("parsed")}
-        figures.update({f"{name}_accuracy": value for name, value in means.items()})
+        figures = {"cider_d": score}
+        if self.test.has_scenes:
+            means = attributes.mean_scores([attributes.caption_scores(t, o)
+                                            for t, o in zip(texts, self.test.objects[:n])])
+            figures.update({"attribute_accuracy": means.pop("attributes"),
+                            "exact_match": means.pop("exact"), "parse_rate": means.pop("parsed")})
+            figures.update({f"{name}_accuracy": value for name, value in means.items()})
+            # Different scenes should get different captions: a model that ignores the image
+            # writes one sentence for all (the share of distinct captions among distinct scenes).
+            distinct = {tuple(sorted(objects)) for objects in self.test.objects[:n]}
+        else:
+            figures["skipped_metrics"] = {"attribute_accuracy, exact_match": attributes.no_verifier(
+                self.test.source)}
+            distinct = set(self.test.captions[:n])  # images with distinct reference captions
         figures["retrieved_documents"] = float(np.mean([r.retrieved for r in results]))
-        # Different scenes should get different captions: a model that ignores the image
-        # writes one sentence for all (the share of distinct captions among distinct scenes).
-        scenes = {tuple(sorted(objects)) for objects in self.test.objects[:n]}
-        figures["distinct_captions"] = len(set(texts)) / max(len(scenes), 1)
+        figures["distinct_captions"] = len(set(texts)) / max(len(distinct), 1)
         figures["samples"] = [{"reference": self.test.captions[i], "generated": texts[i]}
                               for i in range(min(4, n))]
         figures["seconds"] = time.perf_counter() - began
@@ -289,6 +356,8 @@ class Evaluator:
 
     def vqa(self, settings: EvalSettings) -> dict:
         n = self._subset(settings)
+        if not any(self.test.questions[:n]):
+            return {"skipped": "the test examples carry no question/answer pairs"}
         began = time.perf_counter()
         rows = []
         for i in range(n):
@@ -313,6 +382,10 @@ class Evaluator:
 
     def edit(self, settings: EvalSettings, grid: Optional[str] = "edit") -> dict:
         n = self._subset(settings)
+        if not self.test.has_edits:
+            return {"skipped": "the test examples carry no edit pairs (instruction, edited image)"}
+        if not self.test.has_scenes:
+            return {"skipped": attributes.no_verifier(self.test.source)}
         began = time.perf_counter()
         results = self.generator.edit(self.test.images[:n], self.test.edit_instructions[:n],
                                       num_samples=settings.num_samples,
@@ -328,7 +401,7 @@ class Evaluator:
             for i in range(min(settings.grid_examples, n)):
                 cells += [self.test.images[i], images[i], self.test.edit_images[i]]
                 texts += [f"source; {self.test.edit_instructions[i]}",
-                          f"edited ({_verdict(exact[i])})", "target"]
+                          f"edited{_verdict(exact[i])}", "target"]
             visualize.save_grid(path, cells, texts, columns=3)
             figures["grid"] = str(path)
         return figures
@@ -345,8 +418,14 @@ class Evaluator:
             "num_examples": settings.num_examples, "seed": settings.seed,
             "settings": dataclasses.asdict(settings),
             "retrieval_index_loaded": self.has_retrieval,
-            "fid_features": self.features.name, "fid_features_detail": self.features.describe}
+            "fid_features": self.features.name, "fid_features_detail": self.features.describe,
+            "data_source": self.test.source, "tokenizer": self.tokenizer(),
+            "retrieval": self.retrieval_recall()}
+        print(f"[evaluate] tokenizer: {summary('tokenizer', figures['tokenizer'])}; retrieval: "
+              f"{summary('retrieval', figures['retrieval'])}", flush=True)
         for task in settings.tasks:
+            if not self.test.has_scenes and task == "text2image":
+                logging.info("%s: %s", task, attributes.no_verifier(self.test.source))
             if task in SFT_ONLY and self.stage != "sft":
                 figures[task] = {"skipped": f"{task} needs the instruction-tuned model "
                                             "(W/sft): pretraining never shows this task"}
@@ -363,7 +442,10 @@ class Evaluator:
 HEADLINES = {"text2image": ("fid", "exact_match", "attribute_accuracy", "clip_score"),
              "caption": ("cider_d", "attribute_accuracy", "exact_match", "distinct_captions"),
              "vqa": ("accuracy",), "edit": ("exact_match", "attribute_accuracy",
-                                            "copy_attribute_accuracy")}
+                                            "copy_attribute_accuracy"),
+             "tokenizer": ("psnr_db", "ssim"),
+             "retrieval": ("text_to_image_recall@1", "text_to_image_recall@5",
+                           "image_to_text_recall@1")}
 
 
 def summary(task: str, figures: dict) -> str:
@@ -371,13 +453,17 @@ def summary(task: str, figures: dict) -> str:
         return f"skipped ({figures['skipped']})"
     parts = [f"{key} {figures[key]:.3f}" for key in HEADLINES[task]
              if isinstance(figures.get(key), (int, float))]
-    return ", ".join(parts) + f" ({figures.get('seconds', 0):.0f} s)"
+    for skipped, reason in (figures.get("skipped_metrics") or {}).items():
+        parts.append(f"{skipped}: {reason.split(' (')[0]}")
+    if "seconds" in figures:
+        parts.append(f"({figures['seconds']:.0f} s)")
+    return ", ".join(parts)
 
 
 def scalars(figures: dict, prefix: str = "") -> dict[str, float]:
     """Numeric figures flattened to `task/metric` names (TensorBoard)."""
     out = {}
-    for task in TASKS:
+    for task in (*TASKS, "tokenizer", "retrieval"):
         for key, value in (figures.get(task) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{prefix}{task}/{key}"] = float(value)
@@ -398,7 +484,7 @@ def write_tensorboard(workdir: str, step: int, values: dict[str, float]) -> None
 
 
 def evaluate(workdir: str, settings: EvalSettings,
-             cfg: Optional[ml_collections.ConfigDict] = None) -> dict:
+             cfg: Optional[ml_collections.ConfigDict] = None, fid_weights: str = "") -> dict:
     """Loads W's model (settings.stage), runs `settings`, writes metrics.json ("evaluate") and
     TensorBoard scalars; returns the figures."""
     from cm3leon_jax import results  # noqa: PLC0415
@@ -408,7 +494,7 @@ def evaluate(workdir: str, settings: EvalSettings,
     # The index is loaded only when prompts will use it (`Generator.retrieval_by_default`).
     needs_index = settings.retrieval or (settings.retrieval is None and stage == "pretrain")
     evaluator = Evaluator(workdir, cfg, stage, settings.num_examples, settings.batch_size,
-                          retrieval_index=bool(needs_index))
+                          retrieval_index=bool(needs_index), fid_weights=fid_weights)
     figures = evaluator.run(settings)
     results.write_metrics(workdir, "evaluate", figures)
     write_tensorboard(workdir, evaluator.generator.step, scalars(figures))

@@ -39,6 +39,7 @@ from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.export import hf_config, hf_tensors, tokenizer_files
 from cm3leon_jax.export.hf_export import expected_shapes
 from cm3leon_jax.export.safetensors_stream import TensorReader
+from cm3leon_jax.vocab import Vocabulary
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "experiments")
@@ -229,14 +230,6 @@ def import_hf(hf_dir: str, workdir: str,
                               "--workdir (or move them away)")
     params = params_from_hf(TensorReader(hf_dir), model)
     full_config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
-    meta = {"model": model_signature(model), "data_fingerprint": "", "task": "import",
-            "imported_from": os.path.abspath(hf_dir), "config": full_config.to_dict()}
-    train = config_lib.TrainConfig(async_checkpoints=False, keep_best=False)
-    checkpoints = Checkpoints(checkpoints_dir, train)
-    checkpoints.save(IMPORT_STEP, {"params": jax.tree.map(np.asarray, params)}, {}, meta)
-    checkpoints.close()
-    architecture = hf_config.TARGETS[model.preset]
-    config_file = _write_config_files(workdir, model, hf_dir, architecture, checkpoints_dir)
     vocab_dir = None
     notes = []
     if os.path.exists(os.path.join(workdir, "vocab", "vocab.json")):
@@ -246,6 +239,17 @@ def import_hf(hf_dir: str, workdir: str,
         if vocab_dir is None:
             notes.append("no cm3leon_vocab/ in the checkpoint: build a vocabulary whose ids "
                          "match the model before preparing data")
+    # The restored tokenizers' fingerprint: fine-tuning refuses data prepared with other ones.
+    fingerprint = Vocabulary.load(vocab_dir).fingerprint if vocab_dir else ""
+    meta = {"model": model_signature(model), "data_fingerprint": "", "task": "import",
+            "vocab_fingerprint": fingerprint,
+            "imported_from": os.path.abspath(hf_dir), "config": full_config.to_dict()}
+    train = config_lib.TrainConfig(async_checkpoints=False, keep_best=False)
+    checkpoints = Checkpoints(checkpoints_dir, train)
+    checkpoints.save(IMPORT_STEP, {"params": jax.tree.map(np.asarray, params)}, {}, meta)
+    checkpoints.close()
+    architecture = hf_config.TARGETS[model.preset]
+    config_file = _write_config_files(workdir, model, hf_dir, architecture, checkpoints_dir)
     return ImportReport(model=model, checkpoint_dir=checkpoints_dir, step=IMPORT_STEP,
                         config_file=config_file, overrides=model_overrides(model),
                         vocab_dir=vocab_dir, notes=notes)

@@ -36,7 +36,7 @@ class EmbeddedCorpus:
 
 
 def split_size(data: DataConfig, workdir: str, split: str) -> int:
-    return int(sources.prepared_builder(data, workdir).info.splits[split].num_examples)
+    return sources.split_size(data, workdir, split)
 
 
 def known_split_size(data: DataConfig, workdir: str, split: str) -> Optional[int]:

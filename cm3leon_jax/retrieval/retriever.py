@@ -51,6 +51,13 @@ def text_image_scores(biencoder: encoder.BiEncoder, texts: Sequence[str], images
     return np.einsum("nd,nd->n", text, image)
 
 
+def text_image_similarity(biencoder: encoder.BiEncoder, texts: Sequence[str], images: np.ndarray
+                          ) -> np.ndarray:
+    """float32 [len(texts), len(images)]: cosine of every text with every image (recall)."""
+    return (biencoder.embed_texts(_tokens(biencoder, texts))
+            @ biencoder.embed_images(images).T).astype(np.float32)
+
+
 class Retriever:
     """The trained encoder, the saved index (checked to belong to it) and the rules."""
 

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from cm3leon_jax import cli, config, results
-from cm3leon_jax.retrieval import corpus, encoder
+from cm3leon_jax.retrieval import corpus, encoder, recall
 
 STAGE = "retrieval_encoder"
 
@@ -50,24 +50,15 @@ def contrastive_loss(text_embeddings: jax.Array, image_embeddings: jax.Array,
     return 0.5 * (text_to_image + image_to_text), accuracy
 
 
-def recall_at(similarity: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Share of rows whose own column (the diagonal) is among their top-k scores."""
-    own = np.diag(similarity)[:, None]
-    rank = (similarity > own).sum(axis=1)  # ties count in the row's favour
-    return {k: float((rank < k).mean()) for k in ks}
-
-
 def zero_shot_recall(biencoder: encoder.BiEncoder, data: config.DataConfig, workdir: str,
                      split: str, batch_size: int) -> dict[str, float]:
-    texts, images = [], []
+    texts, images, captions = [], [], []
     for batch in corpus.batches(data, workdir, split, biencoder.arch.text_max_length, batch_size):
         texts.append(biencoder.embed_texts(batch["token_ids"]))
         images.append(biencoder.embed_images(batch["image"]))
+        captions += [row.tobytes() for row in np.asarray(batch["token_ids"])]
     similarity = np.concatenate(texts) @ np.concatenate(images).T
-    text_to_image, image_to_text = recall_at(similarity), recall_at(similarity.T)
-    return {"text_to_image_recall@1": text_to_image[1], "text_to_image_recall@5": text_to_image[5],
-            "image_to_text_recall@1": image_to_text[1], "image_to_text_recall@5": image_to_text[5],
-            f"{split}_documents": int(similarity.shape[0])}
+    return {**recall.recall_figures(similarity, captions), f"{split}_documents": int(similarity.shape[0])}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from cm3leon_jax import cli, results
+from cm3leon_jax import cli, image_metrics, results
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, DataConfig, VQGANConfig, VQGANTrainConfig
 from cm3leon_jax.data import sources
 from cm3leon_jax.data.shapes import builder, verifier
+from cm3leon_jax.evaluation import attributes
 from cm3leon_jax.tokenizers import grids, image_tokenizer, losses, quantizer
 from cm3leon_jax.tokenizers.discriminator import PatchDiscriminator
 from cm3leon_jax.tokenizers.image_tokenizer import EXPORT_DIR, ImageTokenizer
@@ -406,7 +407,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
     batches = train_images(data_cfg, data_workdir, local_batch,
                            train_cfg.seed * 1_000_003 + start_step, train_cfg.shuffle_buffer,
                            train_cfg.crop_size)
-    grid_images, _ = split_examples(data_cfg, data_workdir, "validation", limit=GRID_IMAGES)
+    # Validation images for the progress grid; a small folder may leave that split empty.
+    grid_split = next((split for split in ("validation", "test", "train")
+                       if data_cfg.source not in ("shapes", "folder")
+                       or sources.split_size(data_cfg, data_workdir, split)), "train")
+    grid_images, _ = split_examples(data_cfg, data_workdir, grid_split, limit=GRID_IMAGES)
     steps = {use_gan: compile_step(make_train_step(
         model, discriminator, generator_tx, discriminator_tx, model_cfg, train_cfg.seed,
         use_gan), mesh) for use_gan in {False, model_cfg.discriminator_weight > 0}}
@@ -444,15 +449,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
 # ===================================================================== evaluation and export ==
 
 
-def evaluate(tokenizer: ImageTokenizer, images: np.ndarray, objects: list | None
-             ) -> tuple[dict, np.ndarray]:
-    """Test-split figures of decode(encode(images)): PSNR, codebook usage/perplexity, verifier."""
+def evaluate(tokenizer: ImageTokenizer, images: np.ndarray, objects: list | None,
+             source: str = "shapes") -> tuple[dict, np.ndarray]:
+    """Test-split figures of decode(encode(images)): PSNR, SSIM, codebook usage/perplexity, and
+    the verifier on `shapes` (objects; other data says why it has no verifier figure)."""
     codes = tokenizer.encode(images)
     reconstructions = tokenizer.decode(codes)
     counts = np.bincount(codes.ravel(), minlength=tokenizer.codebook_size).astype(np.float32)
     figures = {
         "num_images": int(images.shape[0]),
         "psnr_db": float(np.mean(losses.psnr(reconstructions, images))),
+        "ssim": float(np.mean(image_metrics.ssim(reconstructions, images))),
         "codebook_usage": float(np.mean(counts > 0)),
         "codebook_perplexity": float(quantizer.perplexity(jnp.asarray(counts))),
         "codebook_size": tokenizer.codebook_size,
@@ -463,6 +470,8 @@ def evaluate(tokenizer: ImageTokenizer, images: np.ndarray, objects: list | None
         originals_ok = [verifier.matches(image, keys) for image, keys in zip(images, objects)]
         figures["verifier_exact_match"] = float(np.mean(matched))
         figures["verifier_exact_match_originals"] = float(np.mean(originals_ok))
+    else:
+        figures["verifier"] = attributes.no_verifier(source)
     return figures, reconstructions
 
 
@@ -482,7 +491,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     if jax.process_index() == 0:
         tokenizer.save(epath.Path(workdir) / EXPORT_DIR)
     images, objects = split_examples(data_cfg, data_workdir, "test")
-    figures, reconstructions = evaluate(tokenizer, images, objects)
+    figures, reconstructions = evaluate(tokenizer, images, objects, data_cfg.source)
     figures.update({"steps": int(state.step), "train_seconds": round(train_seconds, 1),
                     "wall_seconds": round(time.perf_counter() - wall_start, 1),
                     "devices": jax.device_count()})

@@ -18,12 +18,12 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
-from cm3leon_jax.config import TrainConfig
+from cm3leon_jax.config import InputError, TrainConfig
 
 ITEMS = ("state", "data", "meta")
 
 
-class IncompatibleCheckpoint(ValueError):
+class IncompatibleCheckpoint(InputError):
     """The workdir's checkpoint was written by a different model or data set."""
 
 
@@ -120,22 +120,45 @@ def check_compatible(meta: dict, model_signature: dict, data_fingerprint: str,
         logging.warning("%s; resuming anyway (train.allow_data_change)", message)
 
 
-def restore_params(source: str, abstract_params=None):
-    """Params only from the latest checkpoint of another run (a workdir or its checkpoints dir).
-
-    Used by SFT to start from pretraining: the optimizer state and step are not taken. A checkpoint
-    saved on other devices (another machine, another device count) is read onto this process's
-    first device and then placed by `abstract_params`' shardings.
-    """
+def run_directory(source: str) -> epath.Path:
+    """The checkpoints directory `train.init_from` names: a run directory (W/pretrain), its
+    checkpoints directory, or a project workdir (its instruction-tuned run W/sft when that has
+    checkpoints, else W/pretrain)."""
     path = epath.Path(source)
-    if (path / "checkpoints").exists():
-        path = path / "checkpoints"
     if not path.exists():
-        raise FileNotFoundError(f"train.init_from={source!r}: no such run directory")
+        raise FileNotFoundError(f"train.init_from={source!r}: no such directory")
+    for candidate in (path, path / "checkpoints", path / "sft" / "checkpoints",
+                      path / "pretrain" / "checkpoints"):
+        if candidate.name == "checkpoints" and candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"train.init_from={source!r}: no checkpoints there (give a run "
+                            "directory such as W/pretrain or W/sft, or a project workdir W)")
+
+
+def restore_params(source: str, abstract_params=None, vocab_fingerprint: str = ""):
+    """Params only from the latest checkpoint of another run (`run_directory(source)`).
+
+    Used by SFT to start from pretraining, and to fine-tune a trained model (or an imported
+    Hugging Face export) on new data: the optimizer state and step are not taken. Refused with
+    IncompatibleCheckpoint when the source was trained on another vocabulary (both checkpoints
+    record its fingerprint) or a parameter's shape differs (named). A checkpoint saved on other
+    devices (another machine, another device count) is read onto this process's first device and
+    then placed by `abstract_params`' shardings.
+    """
+    path = run_directory(source)
     manager = ocp.CheckpointManager(path, item_names=ITEMS)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"train.init_from={source!r}: no checkpoint in {path}")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    theirs = (meta or {}).get("vocab_fingerprint", "")
+    if vocab_fingerprint and theirs and theirs != vocab_fingerprint:
+        manager.close()
+        raise IncompatibleCheckpoint(
+            f"train.init_from={source!r}: that model was trained on another vocabulary "
+            f"(fingerprint {theirs[:12]}, this run's data {vocab_fingerprint[:12]}); prepare the "
+            "new data with its tokenizers: --config.prepare.vocab_dir=<its workdir>/tokenizers/"
+            "vocab (or <import workdir>/vocab)")
     elsewhere = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(fallback_sharding=elsewhere)))
@@ -146,6 +169,14 @@ def restore_params(source: str, abstract_params=None):
         if jax.tree.structure(params) != expected:
             raise IncompatibleCheckpoint(f"train.init_from={source!r}: its params do not match "
                                          "this model's (different architecture or preset)")
+        for (where, value), spec in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                        jax.tree.leaves(abstract_params)):
+            if tuple(value.shape) != tuple(spec.shape):
+                raise IncompatibleCheckpoint(
+                    f"train.init_from={source!r}: parameter {jax.tree_util.keystr(where)} is "
+                    f"{tuple(value.shape)} there and {tuple(spec.shape)} in this model (its "
+                    f"model section: {meta.get('model') if meta else 'unknown'}); set this run's "
+                    "config.model to the source's")
         params = jax.tree.map(lambda value, spec: jax.device_put(value.astype(spec.dtype),
                                                                  getattr(spec, "sharding", None)),
                               params, abstract_params)

@@ -89,7 +89,7 @@ def param_shardings(model_cfg: config_lib.ModelConfig, mesh: jax.sharding.Mesh,
 def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIterator,
               eval_data: dict[str, Callable[[], Iterator[dict]]], image_range: tuple[int, int],
               data_fingerprint: str, seq_len: int,
-              on_eval: Optional[Callable] = None) -> loop.Task:
+              on_eval: Optional[Callable] = None, vocab_fingerprint: str = "") -> loop.Task:
     model_cfg = config_lib.model_config(cfg)
     mesh_cfg = config_lib.mesh_config(cfg)
     train_cfg = config_lib.train_config(cfg)
@@ -109,7 +109,7 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
         loss_fn=make_loss_fn(model_cfg, image_range), train_data=train_data,
         eval_data=eval_data, tokens_per_batch=train_cfg.batch_size * seq_len,
         flops_per_token=flops, model_signature=model_signature(model_cfg),
-        data_fingerprint=data_fingerprint, on_eval=on_eval,
+        data_fingerprint=data_fingerprint, vocab_fingerprint=vocab_fingerprint, on_eval=on_eval,
         context=functools.partial(sharding.sharding_context, mesh, rules))
 
 

@@ -54,6 +54,7 @@ class Task:
     flops_per_token: float = 0.0  # training FLOPs per token (6N + attention), for MFU
     model_signature: dict = dataclasses.field(default_factory=dict)
     data_fingerprint: str = ""
+    vocab_fingerprint: str = ""  # of the data's vocabulary: init_from refuses a model of another
     on_eval: Optional[Callable[[Any, int, Any], dict]] = None  # (params, step, writer) -> figures
     # Entered around the whole run, so tracing sees it (e.g. the mesh + logical axis rules that
     # activation sharding hints resolve against).
@@ -147,7 +148,8 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     stop = preemption.StopRequested()
     checkpoints = checkpoint.Checkpoints(str(workdir_path / "checkpoints"), train_cfg)
     meta = {"model": task.model_signature, "data_fingerprint": task.data_fingerprint,
-            "task": task.name, "config": full_config or {}}
+            "vocab_fingerprint": task.vocab_fingerprint, "task": task.name,
+            "config": full_config or {}}
 
     latest = checkpoints.steps()[-1] if checkpoints.steps() else None
     if latest is not None:
@@ -163,7 +165,8 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         logging.info("resumed %s from step %d in %s", task.name, start, workdir)
         print(f"[{task.name}] resumed from step {start}")
     elif train_cfg.init_from:
-        params, from_step = checkpoint.restore_params(train_cfg.init_from, abstract.params)
+        params, from_step = checkpoint.restore_params(train_cfg.init_from, abstract.params,
+                                                      task.vocab_fingerprint)
         state, state_shardings = _create_state(task, tx, train_cfg, params=params)
         print(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
               "fresh optimizer")
