@@ -24,10 +24,12 @@ follows `data.image_size` (the VQ-GAN's input is tied to it) and scales by overr
   image features, with the real-vs-real noise level), CLIP score, CIDEr-D against the data's own
   captions, retrieval recall (images sharing a caption count as right answers for each other).
 
-Measured: no real image set may be downloaded here, so the figures in docs/RESULTS.md ("Your own
-images") are on a folder of generated landscape pictures (tests/user_folder.py makes them); on real
-photographs expect the tokenizer's PSNR to bound everything else, and raise `data.image_size`
-(128-256) with `vqgan.*` and the steps on an accelerator.
+Measured: not yet at this size. No real image set may be downloaded here, and this session's CPU
+went to the level-3 quality run; tests/test_user_data.py runs this config's chain as the README
+writes it, at 32 px for a few steps, on photo-like generated pictures (`python tests/user_folder.py
+OUT COUNT` makes a folder of them): that proves the path, not the quality. On real photographs
+expect the tokenizer's PSNR to bound everything else, and raise `data.image_size` (128-256) with
+`vqgan.*` and the steps on an accelerator.
 """
 
 import ml_collections

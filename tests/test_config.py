@@ -53,6 +53,10 @@ def test_every_experiment_config_loads():
         cfg = module.get_config(None)
         assert isinstance(cfg, ml_collections.ConfigDict), path
         if "data" in cfg:
+            if cfg.data.get("source") == "folder" and not cfg.data.folder:
+                with pytest.raises(config.ConfigError, match="must name the user folder"):
+                    config.data_config(cfg)  # the user's folder is theirs to name
+                cfg.data.folder = "my_data"
             config.data_config(cfg)
 
 

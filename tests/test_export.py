@@ -224,6 +224,11 @@ def test_export_then_import_is_bit_exact(which, request, tmp_path):
     assert restored_vocab.encode_text("a red circle") == request.getfixturevalue(
         "vocab").encode_text("a red circle")
     assert restored_vocab.image_tokenizer(batch_size=2).codebook_size == 64
+    # The import records that vocabulary's fingerprint: fine-tuning on data prepared with it
+    # starts, data prepared with another vocabulary is refused by name.
+    checkpoint.restore_params(str(tmp_path), abstract, restored_vocab.fingerprint)
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match="another vocabulary"):
+        checkpoint.restore_params(str(tmp_path), abstract, "0" * 64)
 
 
 MESH_MODEL = ModelConfig(preset="cm3leon", vocab_size=512, num_layers=2, d_model=32,

@@ -297,3 +297,17 @@ def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
     assert " at the " in out  # captions shown as text
     saved = sorted((tmp_path / "inspect").glob("*.png"))
     assert saved and saved[0].stat().st_size > 0
+    # Composition: each example is 2 retrieved documents + the query, all of about one size, so
+    # about two thirds of an example's tokens are retrieved (packing puts more examples in the
+    # same rows without them; the share is per example, not per row).
+    from cm3leon_jax.config import CM3Config, SFTConfig
+    from cm3leon_jax.data import inspect
+    shares = inspect.composition(vocab, root, CM3Config(seq_len=512, unmasked_rate=1.0),
+                                 SFTConfig(), batches=2, batch_size=2)
+    pretrain = shares["pretrain"]
+    assert 0.55 < pretrain["retrieved_documents"] < 0.75, pretrain
+    assert shares["pretrain_without_retrieval"]["tokens_per_example"] < \
+        pretrain["tokens_per_example"] / 2
+    for stream in shares.values():
+        parts = stream["padding"] + stream["image_codes"] + stream["text"] + stream["structural"]
+        assert abs(parts - 1.0) < 1e-6

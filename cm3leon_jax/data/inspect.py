@@ -157,7 +157,7 @@ def _token_counts(vocab, batches) -> dict[str, float]:
     """Counts over row slots: all, padding, image codes, text, structural, CM3 appended spans
     (from the second `<mask:0>` of a document to its end), and tokens with loss."""
     counts = dict.fromkeys(("slots", "padding", "image_codes", "text", "structural",
-                            "cm3_appended_spans", "with_loss"), 0.0)
+                            "cm3_appended_spans", "with_loss", "examples"), 0.0)
     first_sentinel = int(vocab.sentinel_ids[0])
     for batch in batches:
         ids, segments = batch["ids"], batch["segment_ids"]
@@ -171,6 +171,7 @@ def _token_counts(vocab, batches) -> dict[str, float]:
         counts["structural"] += float((real & ~image & ~text).sum())
         counts["with_loss"] += float(np.sum(batch["weights"] > 0))
         for row in range(ids.shape[0]):
+            counts["examples"] += float(len(np.unique(segments[row][segments[row] > 0])))
             for segment in range(1, int(segments[row].max()) + 1):
                 where = np.flatnonzero(segments[row] == segment)
                 marks = np.flatnonzero(ids[row, where] == first_sentinel)
@@ -184,8 +185,9 @@ def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: 
     """Shares of the row slots of `batches` training batches (pretraining with and without the
     retrieved documents, SFT): padding, image codes, text, structural tokens, CM3 spans and
     tokens with loss. `retrieved_documents` is the share of the pretraining rows' tokens that
-    the retrieved documents add: 1 - tokens without them / tokens with them, over the same
-    records and masks (exact up to the few sentinels whose count the masks change)."""
+    the retrieved documents add: 1 - tokens per example without them / tokens per example with
+    them (rows are packed, so the same number of rows holds more examples without them;
+    `examples` counts the packed examples, one segment each)."""
     host = dict(process_index=0, process_count=1, seed=seed, batch_size=batch_size)
     special = pipeline.special_ids(vocab)
 
@@ -200,14 +202,15 @@ def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: 
     for name, dataset in streams.items():
         counts = _token_counts(vocab, itertools.islice(dataset.as_numpy_iterator(), batches))
         slots = max(counts.pop("slots"), 1.0)
+        examples = max(counts.pop("examples"), 1.0)
         tokens = max(slots - counts["padding"], 1.0)
         out[name] = {"rows_slots": slots, "documents_tokens": tokens,
+                     "tokens_per_example": tokens / examples,
                      "padding": counts["padding"] / slots,
                      **{key: value / slots for key, value in counts.items() if key != "padding"}}
-    with_retrieval = out["pretrain"]["documents_tokens"]
-    without = out["pretrain_without_retrieval"]["documents_tokens"]
-    out["pretrain"]["retrieved_documents"] = (1.0 - without / with_retrieval
-                                              if with_retrieval else 0.0)
+    with_retrieval = out["pretrain"]["tokens_per_example"]
+    without = out["pretrain_without_retrieval"]["tokens_per_example"]
+    out["pretrain"]["retrieved_documents"] = 1.0 - without / with_retrieval
     return out
 
 
@@ -226,7 +229,8 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                              seed=_SEED.value)
         for stream, figures in shares.items():
             print(f"{stream}: " + ", ".join(
-                f"{k} {v:.1%}" if k not in ("rows_slots", "documents_tokens") else f"{k} {v:,.0f}"
+                f"{k} {v:.1%}" if k not in ("rows_slots", "documents_tokens", "tokens_per_example")
+                else f"{k} {v:,.0f}"
                 for k, v in figures.items()))
         out = epath.Path(workdir) / "inspect" / "composition.json"
         out.parent.mkdir(parents=True, exist_ok=True)
