@@ -62,8 +62,9 @@ from jax.sharding import PartitionSpec
 
 from cm3leon_jax.config import (ATTENTION_IMPLEMENTATIONS, SPLASH_HEAD_DIM_MULTIPLE,
                                 SPLASH_SEQ_MULTIPLE, ConfigError)
+from cm3leon_jax.models import platform
 
-# Backends each implementation runs on (jax.default_backend() names). splash on CPU runs the
+# Backends each implementation runs on (platform.backend() names). splash on CPU runs the
 # kernel in Pallas interpret mode (tests, parity, compile-time memory analysis).
 SUPPORTED_BACKENDS = {"auto": ("cpu", "gpu", "tpu"), "xla": ("cpu", "gpu", "tpu"),
                       "cudnn": ("gpu",), "splash": ("tpu", "cpu")}
@@ -82,7 +83,7 @@ def require_supported(implementation: str, backend: Optional[str] = None) -> Non
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ConfigError(f"config.model.attention={implementation!r}: must be one of "
                           f"{', '.join(map(repr, ATTENTION_IMPLEMENTATIONS))}")
-    backend = backend or jax.default_backend()
+    backend = backend or platform.backend()
     allowed = SUPPORTED_BACKENDS[implementation]
     if backend not in allowed:
         raise ConfigError(
@@ -116,7 +117,7 @@ def select_implementation(implementation: str, *, q_len: int, kv_len: int, head_
     require_supported(implementation, backend)
     if not self_attention:
         return "xla"
-    backend = backend or jax.default_backend()
+    backend = backend or platform.backend()
     if implementation == "auto":
         if backend == "tpu" and not splash_problem(q_len, kv_len, head_dim):
             return "splash"
@@ -268,7 +269,7 @@ def splash_attention_local(query: jax.Array, key: jax.Array, value: jax.Array,
     [batch, T, heads, d], key/value [batch, T, kv_heads, d], segment ids [batch, T]. `interpret`
     defaults to Pallas interpret mode everywhere but on TPU."""
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = platform.backend() != "tpu"
     kernel = _splash_kernel(query.shape[2], query.shape[1], interpret)
     from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
 

@@ -26,15 +26,15 @@ hand-written pass only where it was measured better (benchmarks/backward_passes.
 The memory saving holds on every backend: which residuals autodiff keeps is decided by JAX's
 linearisation before XLA sees the program. The matmul's reasons are XLA:CPU's own (YNNPACK, Eigen),
 so GPU and TPU get JAX's autodiff there. The choice is made when the model is traced, from this
-process's backend; a program lowered here for another platform (`jax.export`) should set the
-parts explicitly.
+platform traced for (`models/platform.py`: this process's backend, or the one a program is
+lowered for with `jax.export`, so a TPU program lowered on a CPU gets TPU's choices).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import jax
+from cm3leon_jax.models import platform
 
 PARTS = ("matmul", "attention", "loss")
 _SIXTEEN_BIT = ("bfloat16", "float16")
@@ -52,10 +52,10 @@ def problem(choice: str) -> Optional[str]:
 
 
 def use_custom(choice: str, part: str, compute_dtype: str = "float32",
-               platform: Optional[str] = None) -> bool:
+               on: Optional[str] = None) -> bool:
     """True when `part`'s hand-written backward pass applies for `config.model.backward ==
-    choice`, compute dtype `compute_dtype` (`config.model.dtype`), on `platform` (default: this
-    process's JAX backend)."""
+    choice`, compute dtype `compute_dtype` (`config.model.dtype`), on `on` (default: the
+    platform traced for, `platform.backend()`)."""
     if part not in PARTS:
         raise ValueError(f"unknown backward part {part!r}; parts: {', '.join(PARTS)}")
     reason = problem(choice)
@@ -68,5 +68,5 @@ def use_custom(choice: str, part: str, compute_dtype: str = "float32",
     if choice != "auto":
         return part in choice.split("+")
     if part == "matmul":
-        return (platform or jax.default_backend()) == "cpu" and compute_dtype in _SIXTEEN_BIT
+        return (on or platform.backend()) == "cpu" and compute_dtype in _SIXTEEN_BIT
     return True

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from cm3leon_jax.config import ModelConfig
+from cm3leon_jax.models import platform
 from cm3leon_jax.models.layers import DTYPES
 
 
@@ -61,7 +62,7 @@ def cache_dtype(config: ModelConfig, backend: str | None = None):
     which has no bfloat16 x bfloat16 -> float32 kernel ("Unsupported element type for
     DotThunk"); float32 keys and values make both attention products float32 there (the
     queries are promoted), at twice the cache bytes, a small part of a step's reads."""
-    if (backend or jax.default_backend()) == "cpu":
+    if (backend or platform.backend()) == "cpu":
         return jnp.float32
     return DTYPES[config.dtype]
 
