@@ -34,6 +34,6 @@ setuptools.setup(
     extras_require={
         # torch must be installed as `torch==2.13.0` *before* this extra (see .ci/run): an unpinned
         # torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "torch", "transformers", "fsspec"],
+        "test": ["pytest", "pytest-xdist", "torch", "transformers", "fsspec"],
     },
 )

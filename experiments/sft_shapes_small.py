@@ -19,6 +19,9 @@ def get_config(arg=None):
     del arg
     cfg = experiment_files.config(__file__, "pretrain_shapes_small")
     cfg.sft = experiment_files.config(__file__, "sft_tiny").sft
+    # The tuned model's samples under guidance, as `evaluate` and the demo decode (CFG 3, top-p
+    # 0.3): without guidance the pretrained model's low-temperature samples were background only.
+    cfg.samples.update(cfg_scale=3.0)
     cfg.train = ml_collections.ConfigDict(dict(
         steps=1500, batch_size=8, lr=3e-3, warmup_steps=60, decay="cosine", weight_decay=0.1,
         log_every=50, eval_every=500, eval_batches=4, checkpoint_every=500))
