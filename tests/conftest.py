@@ -34,3 +34,15 @@ def _tensorflow_on_cpu_only():
         return
     tf.config.set_visible_devices([], "GPU")
     yield
+
+
+# The longest files first: with two workers taking whole files (pytest.ini), a long file started
+# last would run alone at the end while the other worker idles.
+SLOWEST_FIRST = ("test_user_data.py", "test_recipe_learns.py", "test_vqgan.py",
+                 "test_pretrain_sft.py", "test_train_parity.py", "test_accelerator_benchmark.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
