@@ -16,6 +16,7 @@ and the same optional text-to-image sample grids at each eval (`config.samples`)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from etils import epath
 import ml_collections
@@ -41,20 +42,12 @@ TASK_NEEDS = {
 def task_coverage(setup, sft: config.SFTConfig, split: str = "train", limit: int = 1000
                   ) -> dict[str, float]:
     """Share of the first `limit` prepared records of `split` that each SFT task can use."""
-    import tensorflow as tf  # noqa: PLC0415 - TF only where prepared shards are read
-
     special = pipeline.special_ids(setup.vocab)
     templates = sft_tasks.Templates.from_vocab(sft, setup.vocab, special)
     counts, seen = np.zeros(len(sft_tasks.TASKS)), 0
-    for path in shards.shard_files(setup.prepared, split):
-        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            record = pipeline.sft_record(shards.parse_numpy(serialized), special)
-            counts += templates.applicable(record)
-            seen += 1
-            if seen == limit:
-                break
-        if seen == limit:
-            break
+    for record in itertools.islice(shards.read_records(setup.prepared, split), limit):
+        counts += templates.applicable(pipeline.sft_record(record, special))
+        seen += 1
     return {task: float(counts[i] / max(seen, 1)) for i, task in enumerate(sft_tasks.TASKS)}
 
 

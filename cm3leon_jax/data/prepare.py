@@ -567,9 +567,7 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
 
 
 def _split_total(data: config.DataConfig, workdir: str, split: str) -> Optional[int]:
-    from cm3leon_jax.retrieval import corpus  # noqa: PLC0415 - split sizes for progress lines
-
-    return corpus.known_split_size(data, workdir, split)
+    return sources.known_split_size(data, workdir, split)
 
 
 def write_manifest(out: epath.Path, prep: config.PrepareConfig, policy: provenance.Policy,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from etils import epath
 import numpy as np
@@ -177,6 +177,14 @@ def shard_files(root: str | epath.Path, split: str) -> list[str]:
     if missing:
         raise FileNotFoundError(f"prepared shards missing: {', '.join(missing[:5])}; re-run prepare")
     return [str(f) for f in files]
+
+
+def read_records(root: str | epath.Path, split: str) -> Iterator[dict]:
+    """The split's records in shard order, parsed (`parse_numpy`), one at a time: for tools that
+    look at the first few (sample captions, which SFT tasks the data supplies)."""
+    for path in shard_files(root, split):
+        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            yield parse_numpy(serialized)
 
 
 def write_manifest(root: str | epath.Path, splits: Mapping[str, Sequence[ShardInfo]],

@@ -134,6 +134,20 @@ def split_size(data: DataConfig, workdir: str, split: str) -> int:
     return int(splits[split].num_examples) if split in splits else 0
 
 
+def known_split_size(data: DataConfig, workdir: str, split: str) -> int | None:
+    """The split's document count where its builder knows it (the project's builders, a built tfds
+    data set), else None (WebDataset shards are not counted ahead)."""
+    if data.source in ("shapes", "folder"):
+        return split_size(data, workdir, split)
+    if data.source == "tfds":
+        try:
+            tfds_split = data.tfds_splits[SPLITS.index(split)]
+            return int(builder(data, workdir).info.splits[tfds_split].num_examples)
+        except Exception:  # noqa: BLE001 - a count is only for progress lines and choices
+            return None
+    return None
+
+
 def load(data: DataConfig, workdir: str, split: str, shuffle_files: bool = False) -> tf.data.Dataset:
     """A split as a tf.data.Dataset of feature dicts (see the builders for the features)."""
     if split not in SPLITS:

@@ -261,7 +261,8 @@ def params_from_state_dict(state: Mapping[str, np.ndarray]) -> dict:
                                   for k in BN_KEYS)
         scale = gamma / np.sqrt(var + BN_EPS)
         params[layer.name] = {"kernel": jnp.asarray(weight.transpose(2, 3, 1, 0)),
-                              "scale": jnp.asarray(scale), "shift": jnp.asarray(beta - mean * scale)}
+                              "scale": jnp.asarray(scale),
+                              "shift": jnp.asarray(beta - mean * scale)}
     return params
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 from absl import logging
 from etils import epath
@@ -148,10 +148,6 @@ class TestSet:
         return self.objects is not None
 
     @property
-    def has_questions(self) -> bool:
-        return any(self.questions)
-
-    @property
     def has_edits(self) -> bool:
         return bool(self.edit_instructions) and self.edit_images is not None
 
@@ -168,18 +164,16 @@ class TestSet:
         if len(examples) < num_examples:
             raise ValueError(f"the test split holds {len(examples)} examples, fewer than "
                              f"num_examples={num_examples}: lower --num_examples")
+        common = dict(ids=[e["id"] for e in examples],
+                      images=np.stack([e["image"] for e in examples]).astype(np.uint8),
+                      captions=[e["caption"] for e in examples], source=data.source)
         if data.source != "shapes":
             questions = [list(zip(e["questions"]["question"], e["questions"]["answer"]))
                          if isinstance(e.get("questions"), dict) else [] for e in examples]
-            return cls(ids=[e["id"] for e in examples],
-                       images=np.stack([e["image"] for e in examples]).astype(np.uint8),
-                       captions=[e["caption"] for e in examples], objects=None,
-                       questions=questions, edit_instructions=[], edit_images=None,
-                       edit_objects=None, source=data.source)
+            return cls(**common, objects=None, questions=questions, edit_instructions=[],
+                       edit_images=None, edit_objects=None)
         return cls(
-            ids=[e["id"] for e in examples],
-            images=np.stack([e["image"] for e in examples]).astype(np.uint8),
-            captions=[e["caption"] for e in examples],
+            **common,
             objects=[builder.decode_objects(e["objects"]) for e in examples],
             questions=[list(zip(e["questions"]["question"], e["questions"]["answer"]))
                        for e in examples],
@@ -225,6 +219,7 @@ class Evaluator:
                                               self.generator.image_tokenizer, batch_size=32,
                                               inception_weights=fid_weights)
         self._real_features: Optional[np.ndarray] = None
+        self._reconstructions: Optional[np.ndarray] = None
         self._ceiling: dict[int, dict] = {}
         self.out_dir = epath.Path(workdir) / OUTPUT_DIR
 
@@ -242,9 +237,15 @@ class Evaluator:
                              f"{len(self.test)} test examples")
         return settings.num_examples
 
+    def reconstructions(self) -> np.ndarray:
+        """decode(encode(image)) of every loaded test image (once)."""
+        if self._reconstructions is None:
+            self._reconstructions = self.generator.image_tokenizer.reconstruct(self.test.images)
+        return self._reconstructions
+
     def tokenizer(self) -> dict:
         """decode(encode(image)) against the test images: PSNR and SSIM (any data)."""
-        rebuilt = self.generator.image_tokenizer.reconstruct(self.test.images)
+        rebuilt = self.reconstructions()
         return {"psnr_db": float(np.mean(image_metrics.psnr(rebuilt, self.test.images))),
                 "ssim": float(np.mean(image_metrics.ssim(rebuilt, self.test.images))),
                 "images": len(self.test)}
@@ -266,8 +267,8 @@ class Evaluator:
         """The verifier on VQ-GAN reconstructions of the real images: no generated image can
         score above what the image tokenizer can render (cached per sample count)."""
         if n not in self._ceiling:
-            rebuilt = self.generator.image_tokenizer.reconstruct(self.test.images[:n])
-            figures, _ = attributes.judge_images(rebuilt, self.test.objects[:n])
+            figures, _ = attributes.judge_images(self.reconstructions()[:n],
+                                                 self.test.objects[:n])
             self._ceiling[n] = {"vqgan_ceiling_exact_match": figures["exact_match"],
                                 "vqgan_ceiling_attribute_accuracy": figures["attribute_accuracy"]}
         return self._ceiling[n]
@@ -291,8 +292,8 @@ class Evaluator:
             figures, exact = attributes.judge_images(images, self.test.objects[:n])
             figures.update(self.ceiling(n))
         else:
-            figures = {"skipped_metrics": {"exact_match, attribute_accuracy": attributes.no_verifier(
-                self.test.source)}}
+            figures = {"skipped_metrics": {
+                "exact_match, attribute_accuracy": attributes.no_verifier(self.test.source)}}
         figures["fid"] = fid.fid(self.features(images), self.real_features(n))
         if n >= 4:  # a noise floor at this sample size: FID of real images against real ones
             real = self.real_features(n)
@@ -338,8 +339,8 @@ class Evaluator:
             # writes one sentence for all (the share of distinct captions among distinct scenes).
             distinct = {tuple(sorted(objects)) for objects in self.test.objects[:n]}
         else:
-            figures["skipped_metrics"] = {"attribute_accuracy, exact_match": attributes.no_verifier(
-                self.test.source)}
+            figures["skipped_metrics"] = {
+                "attribute_accuracy, exact_match": attributes.no_verifier(self.test.source)}
             distinct = set(self.test.captions[:n])  # images with distinct reference captions
         figures["retrieved_documents"] = float(np.mean([r.retrieved for r in results]))
         figures["distinct_captions"] = len(set(texts)) / max(len(distinct), 1)
@@ -424,8 +425,6 @@ class Evaluator:
         print(f"[evaluate] tokenizer: {summary('tokenizer', figures['tokenizer'])}; retrieval: "
               f"{summary('retrieval', figures['retrieval'])}", flush=True)
         for task in settings.tasks:
-            if not self.test.has_scenes and task == "text2image":
-                logging.info("%s: %s", task, attributes.no_verifier(self.test.source))
             if task in SFT_ONLY and self.stage != "sft":
                 figures[task] = {"skipped": f"{task} needs the instruction-tuned model "
                                             "(W/sft): pretraining never shows this task"}

@@ -35,24 +35,6 @@ class EmbeddedCorpus:
         return len(self.document_ids)
 
 
-def split_size(data: DataConfig, workdir: str, split: str) -> int:
-    return sources.split_size(data, workdir, split)
-
-
-def known_split_size(data: DataConfig, workdir: str, split: str) -> Optional[int]:
-    """The split's document count where its builder knows it (the project's builders, a built tfds
-    data set), else None (WebDataset shards are not counted ahead)."""
-    if data.source in ("shapes", "folder"):
-        return split_size(data, workdir, split)
-    if data.source == "tfds":
-        try:
-            tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
-            return int(sources.builder(data, workdir).info.splits[tfds_split].num_examples)
-        except Exception:  # noqa: BLE001 - a count is only for progress lines
-            return None
-    return None
-
-
 def tokenized(data: DataConfig, workdir: str, split: str, text_max_length: int) -> tf.data.Dataset:
     """Examples as dicts: "id", "token_ids" int32 [L], "image" uint8 [S, S, 3], "has_text",
     "has_image", "source", "license"."""
@@ -121,7 +103,7 @@ def embed_split(biencoder: BiEncoder, data: DataConfig, workdir: str, split: str
                 what: Optional[str] = None) -> EmbeddedCorpus:
     """Every document of `split` embedded (row order = split order), with a progress line."""
     check_byte_encoder(biencoder)
-    total = split_size(data, workdir, split)
+    total = sources.split_size(data, workdir, split)
     progress = Progress(what or f"embedding {split} documents", total=total, unit="documents")
     ids: list[str] = []
     embeddings, multimodal, origins = [], [], []

@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import cli, compilation_cache, config, results
+from cm3leon_jax.data import sources
 from cm3leon_jax.progress import Progress
 from cm3leon_jax.retrieval import corpus, encoder, index, rules
 
@@ -275,7 +276,7 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
                     "corpus_fingerprint": manifest["corpus"]["fingerprint"],
                     "bank_document_ids_fingerprint": manifest["corpus"]["document_ids_fingerprint"],
                     "index_kind": manifest["kind"], "policy": policy.describe()}
-            total = corpus.known_split_size(data, workdir, split)
+            total = sources.known_split_size(data, workdir, split)
             kept, skipped = (
                 prepare.read_documents(pipeline, data, workdir, split, workers)
                 | f"Progress {split}" >> beam.ParDo(prepare.ReportProgress(
@@ -319,7 +320,6 @@ def shapes_relevance(table: NeighbourTable, data: config.DataConfig, workdir: st
                      split: str) -> dict[str, float]:
     """On `shapes`: how often a neighbour shows an object (shape and colour) of its query, next to
     how often a random train document does (the chance level)."""
-    from cm3leon_jax.data import sources  # noqa: PLC0415 - only for the shapes figure
     from cm3leon_jax.data.shapes import scenes  # noqa: PLC0415
 
     objects = {}

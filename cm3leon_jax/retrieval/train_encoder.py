@@ -58,7 +58,8 @@ def zero_shot_recall(biencoder: encoder.BiEncoder, data: config.DataConfig, work
         images.append(biencoder.embed_images(batch["image"]))
         captions += [row.tobytes() for row in np.asarray(batch["token_ids"])]
     similarity = np.concatenate(texts) @ np.concatenate(images).T
-    return {**recall.recall_figures(similarity, captions), f"{split}_documents": int(similarity.shape[0])}
+    return {**recall.recall_figures(similarity, captions),
+            f"{split}_documents": int(similarity.shape[0])}
 
 
 # --------------------------------------------------------------------------------------------------

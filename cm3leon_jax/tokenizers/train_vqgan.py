@@ -409,8 +409,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
                            train_cfg.crop_size)
     # Validation images for the progress grid; a small folder may leave that split empty.
     grid_split = next((split for split in ("validation", "test", "train")
-                       if data_cfg.source not in ("shapes", "folder")
-                       or sources.split_size(data_cfg, data_workdir, split)), "train")
+                       if sources.known_split_size(data_cfg, data_workdir, split) != 0), "train")
     grid_images, _ = split_examples(data_cfg, data_workdir, grid_split, limit=GRID_IMAGES)
     steps = {use_gan: compile_step(make_train_step(
         model, discriminator, generator_tx, discriminator_tx, model_cfg, train_cfg.seed,

@@ -31,21 +31,18 @@ from cm3leon_jax.data import shards
 from cm3leon_jax.data.shapes import scenes
 from cm3leon_jax.evaluation import attributes
 
+
 def validation_examples(prepared, vocab, count: int) -> list[tuple[str, np.ndarray]]:
     """(caption, int32 codes [h, w]) of the first `count` validation documents with an image."""
-    import tensorflow as tf  # noqa: PLC0415 - TF only where prepared shards are read
-
     found = []
-    for path in shards.shard_files(prepared, "validation"):
-        for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            record = shards.parse_numpy(serialized)
-            image, text = record["image"], record["text"]
-            if len(image) != vocab.tokens_per_image - 2 or not len(text):
-                continue
-            codes = (image - vocab.image_offset).reshape(vocab.code_shape).astype(np.int32)
-            found.append((vocab.decode_text(text), codes))
-            if len(found) == count:
-                return found
+    for record in shards.read_records(prepared, "validation"):
+        image, text = record["image"], record["text"]
+        if len(image) != vocab.tokens_per_image - 2 or not len(text):
+            continue
+        codes = (image - vocab.image_offset).reshape(vocab.code_shape).astype(np.int32)
+        found.append((vocab.decode_text(text), codes))
+        if len(found) == count:
+            return found
     return found
 
 
