@@ -125,3 +125,21 @@ def test_prepare_reads_webdataset_and_counts_bad_files(shards, tmp_path):
                                    "bad file: truncated image": 2}
     card = provenance.read_card(str(tmp_path / "work"))
     assert card["splits"]["train"]["by_license"]["CC-BY-4.0"] == 10
+
+
+def test_retrieval_embeds_webdataset_documents_without_a_count_ahead(shards, tmp_path):
+    """A WebDataset split has no size before it is read: the embedding progress goes without a
+    total instead of asking a tfds builder that does not exist."""
+    import jax
+    from cm3leon_jax.config import RetrievalConfig
+    from cm3leon_jax.retrieval import corpus, encoder
+    root, good = shards
+    data = _data(source="webdataset", webdataset=str(root / "*.tar"), image_size=16,
+                 validation_fraction=0.0, test_fraction=0.0)
+    retrieval = RetrievalConfig(text_width=32, text_layers=1, text_heads=2, vision_width=32,
+                                vision_layers=1, vision_heads=2, patch_size=8,
+                                projection_dim=16, text_max_length=32)
+    arch = encoder.architecture_for(retrieval, data.image_size)
+    biencoder = encoder.BiEncoder(arch, encoder.init_params(arch, jax.random.key(0)), "test")
+    embedded = corpus.embed_split(biencoder, data, str(tmp_path), "train", batch_size=8)
+    assert 0 < len(embedded) <= good and embedded.embeddings.shape[1] == 16

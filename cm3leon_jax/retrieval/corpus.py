@@ -103,7 +103,7 @@ def embed_split(biencoder: BiEncoder, data: DataConfig, workdir: str, split: str
                 what: Optional[str] = None) -> EmbeddedCorpus:
     """Every document of `split` embedded (row order = split order), with a progress line."""
     check_byte_encoder(biencoder)
-    total = sources.split_size(data, workdir, split)
+    total = sources.known_split_size(data, workdir, split)
     progress = Progress(what or f"embedding {split} documents", total=total, unit="documents")
     ids: list[str] = []
     embeddings, multimodal, origins = [], [], []
