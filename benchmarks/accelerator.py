@@ -61,7 +61,7 @@ def _best(timings: list[float]) -> float:
 def time_train_step(model, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
     import jax  # noqa: PLC0415
 
-    from cm3leon_jax import plan  # noqa: PLC0415
+    from cm3leon_jax.models import accounting  # noqa: PLC0415
     from cm3leon_jax.config import MeshConfig, TrainConfig  # noqa: PLC0415
     from cm3leon_jax.parallel import mesh as mesh_lib, sharding  # noqa: PLC0415
     from cm3leon_jax.train import decoder_task, optimizer, state as state_lib  # noqa: PLC0415
@@ -91,7 +91,7 @@ def time_train_step(model, batch_size: int, seq_len: int, steps: int, warmup: in
     abstract = jax.eval_shape(functools.partial(decoder_task.init_params, model),
                               jax.random.key(0))
     count = sum(x.size for x in jax.tree.leaves(abstract))
-    flops = plan.flops_per_token(model, count, plan._lookup_only_params(  # noqa: SLF001
+    flops = accounting.flops_per_token(model, count, accounting.lookup_only_params(
         model, abstract), seq_len=seq_len)["total"]
     tokens_per_s = batch_size * seq_len / _best(times)
     peak = throughput.peak_flops_per_device() * jax.device_count()

@@ -108,7 +108,6 @@ def function_cases():
 
 def train_step_cases():
     import jax
-    import jax.numpy as jnp
 
     from cm3leon_jax.config import MeshConfig, ModelConfig, TrainConfig
     from cm3leon_jax.parallel import mesh as mesh_lib, sharding as sharding_lib

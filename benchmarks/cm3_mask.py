@@ -4,7 +4,7 @@
 
 Four ways to run the same transform on the same documents:
 
-* `numpy`: `cm3leon_jax.data.cm3.cm3_mask` (vectorised), one fresh seeded Generator per document as
+* `numpy`: `cm3leon_jax.data.input.cm3.cm3_mask` (vectorised), one fresh seeded Generator per document as
   in tf.data;
 * `tf_data`: `cm3_mask_tf` mapped over a `tf.data.Dataset` (sequential map, so the figure is per
   core), which adds one `tf.numpy_function` hop per document;
@@ -38,8 +38,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cm3leon_jax.config import CM3Config  # noqa: E402
-from cm3leon_jax.data import cm3  # noqa: E402
-from cm3leon_jax.data.cm3 import SpecialIds  # noqa: E402
+from cm3leon_jax.data.input import cm3  # noqa: E402
+from cm3leon_jax.data.input.cm3 import SpecialIds  # noqa: E402
 
 SPECIAL = SpecialIds(pad=0, eos=1, break_=2, boi=3, eoi=4, sentinels=tuple(range(5, 21)))
 TEXT_IDS = (100, 56_420)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/pipeline.py      # writes benchmarks/results/pipeline.json
 
-Pipeline: `cm3leon_jax.data.pipeline.pretrain_dataset` (read shards -> shuffle -> parse -> lay out
+Pipeline: `cm3leon_jax.data.input.pipeline.pretrain_dataset` (read shards -> shuffle -> parse -> lay out
 `ret_1 <break> ret_2 <break> query <eos>` -> CM3 mask -> pack -> batch -> prefetch), default CM3
 settings, training mode (endless, shuffled), one host, 8 rows per batch, on synthetic shards of
 realistic documents written by this script: a caption of 18-22 text tokens and an image of 64 codes
@@ -19,8 +19,8 @@ step of `cm3leon_jax/train/step.py` (AdamW), batch 8, at its own max_seq_len (12
 
 TPU need: tokens/s per host that the 350M preset consumes on a TPU v5e-8 host at 50% MFU:
 8 chips x 197 TFLOP/s (bf16) x 0.5 / FLOPs per token, with FLOPs per token = 6 N + 12 L d T
-(N = exact parameter count of experiments/cm3leon_350m.py via `plan.count_params`, L = 24 layers,
-d = 1,024, T = 4,096), and the same with `plan.make_plan`'s accounting (6 x matmul weights only).
+(N = exact parameter count of experiments/cm3leon_350m.py via `accounting.count_params`, L = 24 layers,
+d = 1,024, T = 4,096), and the same with `memory_plan.make_plan`'s accounting (6 x matmul weights only).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cm3leon_jax.config import CM3Config  # noqa: E402
-from cm3leon_jax.data import pipeline, shards  # noqa: E402
-from cm3leon_jax.data.cm3 import SpecialIds  # noqa: E402
+from cm3leon_jax.data.input import pipeline  # noqa: E402
+from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.input.cm3 import SpecialIds  # noqa: E402
 
 # The paper's sizes: 56,320 text ids then 8,192 image codes, after 22 special ids.
 SPECIAL = SpecialIds(pad=0, eos=1, break_=2, mask=3, boi=4, eoi=5, sentinels=tuple(range(6, 22)))
@@ -170,7 +171,8 @@ def time_train_step(seq_len: int, batch_size: int, seconds: float, min_steps: in
 
 
 def tpu_need() -> dict:
-    from cm3leon_jax import plan  # noqa: PLC0415
+    from cm3leon_jax.models import accounting  # noqa: PLC0415
+    from cm3leon_jax.parallel import memory_plan  # noqa: PLC0415
     from cm3leon_jax.config import MeshConfig, model_config  # noqa: PLC0415
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
@@ -178,11 +180,11 @@ def tpu_need() -> dict:
     import cm3leon_350m  # noqa: PLC0415
 
     config = model_config(cm3leon_350m.get_config(None))
-    params = plan.count_params(config)
+    params = accounting.count_params(config)
     seq_len = config.max_seq_len
     simple = 6 * params + 12 * config.num_layers * config.d_model * seq_len
     host_flops = 8 * TPU_V5E_BF16_FLOPS * 0.5
-    planned = plan.make_plan(config, MeshConfig(data=1, fsdp=8, tensor=1), batch_size=8)
+    planned = memory_plan.make_plan(config, MeshConfig(data=1, fsdp=8, tensor=1), batch_size=8)
     return {"preset": "experiments/cm3leon_350m.py", "params": params, "seq_len": seq_len,
             "host": "TPU v5e-8 (8 chips x 197 TFLOP/s bf16) at 50% MFU",
             "host_flops_at_50_mfu": host_flops,

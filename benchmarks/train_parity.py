@@ -99,7 +99,7 @@ def _experiment_config():
 def pipeline_batches(prepared, vocab, cfg, count: int, batch_size: int):
     """`count` packed batches, alternately pretraining (CM3) and SFT, from the tf.data pipeline."""
     from cm3leon_jax import config
-    from cm3leon_jax.data import pipeline
+    from cm3leon_jax.data.input import pipeline
     from cm3leon_jax.export import train_parity
 
     host = dict(process_index=0, process_count=1)
@@ -143,7 +143,7 @@ def main(argv):
     import numpy as np
 
     from cm3leon_jax import plots
-    from cm3leon_jax.data import pipeline
+    from cm3leon_jax.data.input import pipeline
     from cm3leon_jax.export import hf_export, train_parity, verify
     from cm3leon_jax.export.param_sources import InMemoryParams
     from cm3leon_jax.models import init_params

@@ -13,7 +13,7 @@ side's achieved FLOP rate as a fraction of its own peak in that dtype.
 
 Figures per side: tokens/s from the best and the median wall-clock step, and tokens per CPU
 second (process CPU time: on a shared machine this is the steadier measure of the work done;
-it counts spinning worker threads too). FLOPs per token: `cm3leon_jax.plan.flops_per_token`
+it counts spinning worker threads too). FLOPs per token: `cm3leon_jax.accounting.flops_per_token`
 (6N + the attention term). Writes benchmarks/results/train_step.json.
 
 JAX choices that matter on XLA:CPU (see models/matmul.py, models/attention.py and
@@ -204,7 +204,7 @@ def main(argv):
     import numpy as np
     import torch
 
-    from cm3leon_jax import plan
+    from cm3leon_jax.models import accounting
 
     torch.set_num_threads(os.cpu_count() or 1)
     load_before = os.getloadavg()
@@ -212,9 +212,9 @@ def main(argv):
     print("matmul peaks (GFLOP/s):", peaks, flush=True)
 
     cfg = _model_config("float32")
-    num_params = plan.count_params(cfg)
+    num_params = accounting.count_params(cfg)
     lookup = _SEQ_LEN.value * _D_MODEL.value  # the position table (tied token table is a matmul)
-    flops = plan.flops_per_token(cfg, num_params, lookup, _SEQ_LEN.value)["total"]
+    flops = accounting.flops_per_token(cfg, num_params, lookup, _SEQ_LEN.value)["total"]
     tokens_per_step = _BATCH.value * _SEQ_LEN.value
     tokens = np.random.default_rng(0).integers(0, _VOCAB.value, (_BATCH.value, _SEQ_LEN.value),
                                                dtype=np.int32)

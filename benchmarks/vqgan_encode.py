@@ -34,7 +34,7 @@ import numpy as np
 
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import VQGANConfig
-from cm3leon_jax.data.shapes import render, scenes
+from cm3leon_jax.data.sources.shapes import render, scenes
 from cm3leon_jax.tokenizers import losses
 from cm3leon_jax.tokenizers.image_tokenizer import ImageTokenizer
 from cm3leon_jax.tokenizers.vqgan import VQGAN, init_variables

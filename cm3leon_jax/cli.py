@@ -17,7 +17,6 @@ clear line (`ConfigError`), not a traceback.
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 from typing import Callable, Optional
 
@@ -26,11 +25,11 @@ import ml_collections
 from ml_collections.config_flags import config_flags as config_flags_lib
 
 from cm3leon_jax import compilation_cache
-from cm3leon_jax import config as config_lib
+from cm3leon_jax import config as config_lib, experiment_files
 from cm3leon_jax.config import ConfigError, InputError
 from cm3leon_jax.parallel import distributed
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = experiment_files.EXPERIMENTS
 
 
 class _CompletingParser(config_flags_lib.ConfigFileFlagParser):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 import ml_collections
 
@@ -150,7 +150,7 @@ class DataConfig(Section):
     """Where documents come from.
 
     source: `shapes` (the embedded generated set) or `folder` (a user folder of images plus
-      `captions.jsonl`, see `cm3leon_jax/data/folder.py`).
+      `captions.jsonl`, see `cm3leon_jax/data/sources/folder.py`).
     image_size: side of the square RGB images every later stage sees (shapes renders at it; user
       images are centre-cropped and resized to it). 16..256 and a multiple of 8.
     num_train / num_validation / num_test: `shapes` split sizes (ignored for `folder`).
@@ -281,6 +281,21 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 # What the Pallas splash kernel (`models/attention.py`) tiles: sequences in blocks of a multiple of
 # 128 tokens (the TPU's vector lane width), heads of a multiple of 64 wide (narrower heads are
 # padded to a lane inside the kernel; 64 and multiples of 128 are the widths it is used with).
+# `model.backward`: the parts whose hand-written backward pass can be chosen (models/backward.py).
+BACKWARD_PARTS = ("matmul", "attention", "loss")
+
+
+def backward_problem(choice: str) -> Optional[str]:
+    """Why `choice` is not a valid `model.backward`, or None."""
+    if choice in ("auto", "custom", "autodiff"):
+        return None
+    unknown = [part for part in choice.split("+") if part not in BACKWARD_PARTS]
+    if unknown:
+        return (f"must be 'auto', 'custom', 'autodiff' or parts joined by '+' from "
+                f"{', '.join(BACKWARD_PARTS)}; unknown: {', '.join(unknown)}")
+    return None
+
+
 SPLASH_SEQ_MULTIPLE = 128
 SPLASH_HEAD_DIM_MULTIPLE = 64
 
@@ -397,10 +412,8 @@ class ModelConfig(Section):
         require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
         require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
         require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
-        from cm3leon_jax.models import backward  # noqa: PLC0415 - models import config
-
-        if backward.problem(self.backward):
-            fail(f"{prefix}.backward", self.backward, backward.problem(self.backward))
+        if backward_problem(self.backward):
+            fail(f"{prefix}.backward", self.backward, backward_problem(self.backward))
         if self.attention == "splash" and self.resolved_head_dim % SPLASH_HEAD_DIM_MULTIPLE:
             fail(f"{prefix}.attention", self.attention,
                  f"the splash kernel tiles heads of a multiple of {SPLASH_HEAD_DIM_MULTIPLE} "
@@ -971,7 +984,7 @@ def cm3_config(cfg: ml_collections.ConfigDict) -> CM3Config:
 # <<section:train>>
 
 # --------------------------------------------------------------------------------------------------
-# sft: the instruction-tuning mixture and its templates (code in cm3leon_jax/data/sft_tasks.py)
+# sft: the instruction-tuning mixture and its templates (code in cm3leon_jax/data/input/sft_tasks.py)
 # --------------------------------------------------------------------------------------------------
 
 SFT_TASKS = ("text_to_image", "captioning", "vqa", "editing", "grounded_generation")
@@ -989,7 +1002,7 @@ SFT_TEMPLATE_FIELDS = {
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig(Section):
-    """Instruction-tuning examples built from the prepared shards (`data/sft_tasks.py`).
+    """Instruction-tuning examples built from the prepared shards (`data/input/sft_tasks.py`).
 
     Every example is `prompt segments <break> output <eos>` with loss on the output and its `<eos>`
     only (CM3leon's SFT recipe). One example per record: a task is drawn by the weights below among

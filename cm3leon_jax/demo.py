@@ -31,8 +31,8 @@ import ml_collections
 
 from cm3leon_jax import cli, config, results, visualize
 from cm3leon_jax.data import sources
-from cm3leon_jax.data.shapes import builder as shapes_builder
-from cm3leon_jax.data.shapes import verifier
+from cm3leon_jax.data.sources.shapes import builder as shapes_builder
+from cm3leon_jax.data.sources.shapes import verifier
 
 
 def data_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -148,7 +148,8 @@ def superres_configs(cfg: ml_collections.ConfigDict
     upsampler.data = ml_collections.ConfigDict(cfg.data.to_dict())
     # Rows and vocabulary follow the sizes too: specials + text pieces + two codebooks of the
     # same size (the base vocabulary's layout, then the high codebook).
-    from cm3leon_jax import upsampler as upsampler_lib, vocab as vocab_lib  # noqa: PLC0415
+    from cm3leon_jax.superres import upsampler as upsampler_lib  # noqa: PLC0415
+    from cm3leon_jax import vocab as vocab_lib
 
     vqgan = config.section(high, "vqgan", config.VQGANConfig)
     vocab_cfg = (config.section(cfg, "vocab", config.VocabConfig) if "vocab" in cfg
@@ -165,7 +166,7 @@ def superres_configs(cfg: ml_collections.ConfigDict
 
 
 def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    from cm3leon_jax import superres, upsampler  # noqa: PLC0415
+    from cm3leon_jax.superres import stage as superres, upsampler  # noqa: PLC0415
     from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
     from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
     from cm3leon_jax.tokenizers import train_all, train_vqgan  # noqa: PLC0415
@@ -215,7 +216,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for name in ("pretrain_train", "sft_train"):
         config.from_dict(cfg.demo[name], config.TrainConfig, prefix=f"demo.{name}")
     if "superres" in cfg.demo.stages:
-        from cm3leon_jax import superres  # noqa: PLC0415
+        from cm3leon_jax.superres import stage as superres  # noqa: PLC0415
 
         high_cfg, upsampler_cfg = superres_configs(cfg)
         train_vqgan.read_config(high_cfg)

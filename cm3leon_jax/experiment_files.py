@@ -18,6 +18,9 @@ from typing import Any
 
 import ml_collections
 
+# The repository's experiments/ folder (configs and sweeps), next to the package.
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
 
 def module(of_file: str, name: str) -> types.ModuleType:
     """The module of `<name>.py` next to `of_file` (a config's `__file__`)."""

@@ -119,13 +119,13 @@ def sampling_from_flags(task: str):
 
 
 def _read_image(path: str, size: int):
-    from cm3leon_jax.data import images  # noqa: PLC0415
+    from cm3leon_jax.data.sources import images  # noqa: PLC0415
 
     return images.read(path, size)[None]
 
 
 def _upsampler(workdir: str):
-    from cm3leon_jax.upsampler import Upsampler  # noqa: PLC0415
+    from cm3leon_jax.superres.upsampler import Upsampler  # noqa: PLC0415
 
     return Upsampler.from_workdir(_UPSAMPLER.value or workdir, batch_size=_BATCH_SIZE.value)
 
@@ -133,7 +133,7 @@ def _upsampler(workdir: str):
 def run_upscale(workdir: str) -> dict:
     """--task upscale: any image -> base resolution -> low codes -> high codes -> high image."""
     from cm3leon_jax import image_metrics, visualize  # noqa: PLC0415
-    from cm3leon_jax.data import images as images_lib  # noqa: PLC0415
+    from cm3leon_jax.data.sources import images as images_lib  # noqa: PLC0415
 
     path = _require(_IMAGE.value, "image", "upscale")
     sampling = sampling_from_flags("upscale")

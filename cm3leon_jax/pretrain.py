@@ -16,7 +16,7 @@ from etils import epath
 import ml_collections
 
 from cm3leon_jax import cli
-from cm3leon_jax.data import pipeline
+from cm3leon_jax.data.input import pipeline
 from cm3leon_jax.train import decoder_task, loop, samples
 
 STAGE = "pretrain"

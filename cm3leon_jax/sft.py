@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import cli, config, results
-from cm3leon_jax.data import pipeline, sft_tasks, shards
+from cm3leon_jax.data.input import pipeline, sft_tasks
+from cm3leon_jax.data.offline import shards
 from cm3leon_jax.train import decoder_task, loop, samples
 
 STAGE = "sft"

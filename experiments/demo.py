@@ -3,7 +3,7 @@
     python -m cm3leon_jax.demo --workdir /tmp/cm3leon_demo
     python -m cm3leon_jax.demo --config experiments/demo.py:level3 --workdir W   # harder data
 
-The argument is the `shapes` level (data/shapes/levels.py): level1 (the default: one object on a
+The argument is the `shapes` level (data/sources/shapes/levels.py): level1 (the default: one object on a
 plain background, 432 object layouts), level2 or level3. Runs every stage at its tiny setting
 (`experiments/pretrain_tiny.py` + `sft_tiny.py` at that level): build `shapes`, train the
 tokenizers (VQ-GAN with a local encoder and edge-weighted loss, 2,700 steps, + sentencepiece),
@@ -33,7 +33,7 @@ from cm3leon_jax import experiment_files
 
 
 def get_config(arg=None):
-    """arg: the `shapes` level (`level1`, the default, .. `level3`; data/shapes/levels.py)."""
+    """arg: the `shapes` level (`level1`, the default, .. `level3`; data/sources/shapes/levels.py)."""
     cfg = experiment_files.config(__file__, "sft_tiny", arg)
     cfg.demo = ml_collections.ConfigDict(dict(
         grid_examples=16,

@@ -2,7 +2,7 @@
 
     python -m cm3leon_jax.pretrain --config experiments/pretrain_tiny.py --workdir W
 
-The argument is the `shapes` level (`experiments/pretrain_tiny.py:level3`; data/shapes/levels.py);
+The argument is the `shapes` level (`experiments/pretrain_tiny.py:level3`; data/sources/shapes/levels.py);
 default level1, the demo's. W must hold the prepared shards (`python -m cm3leon_jax.data.prepare
 --config experiments/pretrain_tiny.py --workdir W`, after the tokenizers and, optionally,
 retrieval). The same file configures every stage of the tiny project (data, tokenizers, retrieval,
@@ -25,7 +25,7 @@ Retrieval (level 1): a smaller batch (64) and 1,024 candidates per query, becaus
 import ml_collections
 
 from cm3leon_jax import experiment_files
-from cm3leon_jax.data.shapes import levels
+from cm3leon_jax.data.sources.shapes import levels
 
 # Longest caption (bytes) per level, + BOS + EOS: the retrieval text tower's length.
 _CAPTION_BYTES = {1: 64, 2: 104, 3: 144}

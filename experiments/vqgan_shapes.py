@@ -18,11 +18,11 @@ docs/BENCHMARKS.md, "VQ-GAN on shapes".
 
 import ml_collections
 
-from cm3leon_jax.data.shapes import levels
+from cm3leon_jax.data.sources.shapes import levels
 
 
 def get_config(arg=None):
-    """arg: the `shapes` level (`level1`..`level3`, data/shapes/levels.py); default level 3."""
+    """arg: the `shapes` level (`level1`..`level3`, data/sources/shapes/levels.py); default level 3."""
     cfg = ml_collections.ConfigDict()
     cfg.data = levels.apply(ml_collections.ConfigDict(dict(
         source="shapes", image_size=32, num_train=2000, num_validation=200, num_test=200,

@@ -5,7 +5,7 @@ instead of 12,000 (no GAN: vqgan_shapes.py measured it no help on these images).
     python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_tiny.py:level1 --workdir W
     python -m cm3leon_jax.tokenizers.train_all --config experiments/vqgan_tiny.py:level1 --workdir W
 
-The argument is the `shapes` level (data/shapes/levels.py; default level1, the demo's). The second
+The argument is the `shapes` level (data/sources/shapes/levels.py; default level1, the demo's). The second
 command also trains the sentencepiece tokenizer and writes the vocabulary
 (`cm3leon_jax.tokenizers.train_all.train_tokenizers`, the demo's tokenizer stage).
 

@@ -1,4 +1,4 @@
-"""CM3 masking (cm3leon_jax/data/cm3.py): seeded random property tests on mixed-modal documents."""
+"""CM3 masking (cm3leon_jax/data/input/cm3.py): seeded random property tests on mixed-modal documents."""
 
 import math
 
@@ -8,8 +8,8 @@ import pytest
 
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import CM3Config
-from cm3leon_jax.data import cm3, layout
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import cm3, layout
+from cm3leon_jax.data.input.cm3 import SpecialIds
 
 SPECIAL = SpecialIds(pad=0, eos=1, break_=2, boi=3, eoi=4, sentinels=tuple(range(10, 26)))
 TEXT_IDS = (100, 900)

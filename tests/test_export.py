@@ -26,7 +26,7 @@ import yaml
 from cm3leon_jax import results
 from cm3leon_jax.config import (ConfigError, DataConfig, ModelConfig, TextTokenizerConfig,
                                 TrainConfig, VocabConfig, VQGANConfig)
-from cm3leon_jax.data import provenance
+from cm3leon_jax.data.offline import provenance
 from cm3leon_jax.export import hf_config, hf_export, hf_import, param_sources, verify
 from cm3leon_jax.export.__main__ import ExportError, run_export
 from cm3leon_jax.export.param_sources import InMemoryParams, MissingCheckpoint, OrbaxParams

@@ -8,7 +8,8 @@ import ml_collections
 import pytest
 
 from cm3leon_jax import config
-from cm3leon_jax.data import folder, images, sources
+from cm3leon_jax.data.sources import folder, images
+from cm3leon_jax.data import sources
 
 
 def _save(path, mode, size=(40, 30), colour=None):

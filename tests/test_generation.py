@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cm3leon_jax.config import ModelConfig, SFTConfig, TextTokenizerConfig, TrainConfig
-from cm3leon_jax.data import layout, sft_tasks
+from cm3leon_jax.data.input import layout, sft_tasks
 from cm3leon_jax.generation import constraints, decode, generator, guidance
 from cm3leon_jax.generation import prompts, rerank, sampling
 from cm3leon_jax.generation.sampling import SamplingConfig
@@ -374,8 +374,8 @@ def test_prompts_follow_training_layouts(vocab):
 
 
 def test_document_store_reads_prepared_records(tmp_path, vocab):
-    from cm3leon_jax.data import shards  # noqa: PLC0415 - TensorFlow only here
-    from cm3leon_jax.generation.retrieval import DocumentStore, fit_documents  # noqa: PLC0415
+    from cm3leon_jax.data.offline import shards  # noqa: PLC0415 - TensorFlow only here
+    from cm3leon_jax.generation.retrieved_context import DocumentStore, fit_documents  # noqa: PLC0415
 
     records = [{"id": f"doc{i}", "text": [vocab.text_offset + i], "image":
                 [vocab.image_offset + j for j in range(6)]} for i in range(5)]

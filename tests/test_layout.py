@@ -1,13 +1,13 @@
-"""Example layout (cm3leon_jax/data/layout.py): order of documents and modalities, tf == numpy."""
+"""Example layout (cm3leon_jax/data/input/layout.py): order of documents and modalities, tf == numpy."""
 
 import math
 
 import numpy as np
 import pytest
 
-from cm3leon_jax.data import layout
-from cm3leon_jax.data.cm3 import SpecialIds
-from cm3leon_jax.data.layout import Document
+from cm3leon_jax.data.input import layout
+from cm3leon_jax.data.input.cm3 import SpecialIds
+from cm3leon_jax.data.input.layout import Document
 
 SPECIAL = SpecialIds(pad=0, eos=1, break_=2, boi=3, eoi=4, sentinels=tuple(range(10, 26)))
 BR, BOI, EOI, EOS = SPECIAL.break_, SPECIAL.boi, SPECIAL.eoi, SPECIAL.eos

@@ -1,4 +1,4 @@
-"""Packing (cm3leon_jax/data/packing.py): row invariants, no split when forbidden, tf == numpy."""
+"""Packing (cm3leon_jax/data/input/packing.py): row invariants, no split when forbidden, tf == numpy."""
 
 import itertools
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cm3leon_jax.config import CM3Config
-from cm3leon_jax.data import packing
-from cm3leon_jax.data.packing import PackingSpec
+from cm3leon_jax.data.input import packing
+from cm3leon_jax.data.input.packing import PackingSpec
 
 SEQ_LEN = 16
 PAD = 0

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from cm3leon_jax.config import CM3Config, MeshConfig
-from cm3leon_jax.data import cm3, pipeline, shards
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import cm3, pipeline
+from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.input.cm3 import SpecialIds
 from cm3leon_jax.parallel import mesh as mesh_lib
 from cm3leon_jax.parallel import sharding as sharding_lib
 
@@ -262,7 +263,7 @@ def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
     import sys
 
     import tiny_stack
-    from cm3leon_jax.data.shapes import scenes
+    from cm3leon_jax.data.sources.shapes import scenes
 
     vocab = tiny_stack.write_vocab(tmp_path / "vocab")
     rng = np.random.default_rng(0)

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from cm3leon_jax import plan as plan_lib
+from cm3leon_jax.models import accounting
+from cm3leon_jax.parallel import memory_plan as plan_lib
 from cm3leon_jax.config import MeshConfig, ModelConfig, model_config
 from cm3leon_jax.models import init_params
 from cm3leon_jax.parallel import mesh as mesh_lib
@@ -45,13 +46,13 @@ def expected_count(cfg: ModelConfig) -> int:
 @pytest.mark.parametrize("cfg", [CM3LEON, CHAMELEON], ids=["cm3leon", "chameleon"])
 def test_parameter_count_equals_the_model(cfg):
     plan = plan_lib.make_plan(cfg, MeshConfig(data=8, fsdp=1, tensor=1), batch_size=8)
-    assert plan.num_params == plan_lib.count_params(cfg) == expected_count(cfg)
+    assert plan.num_params == accounting.count_params(cfg) == expected_count(cfg)
 
 
 def test_parameter_count_equals_an_initialised_model():
     params = jax.jit(functools.partial(init_params, CM3LEON))(jax.random.key(0))
     actual = sum(x.size for x in jax.tree.leaves(params))
-    assert plan_lib.count_params(CM3LEON) == actual
+    assert accounting.count_params(CM3LEON) == actual
 
 
 def _experiments():
@@ -68,7 +69,7 @@ def _experiments():
                          if isinstance(x, str) else "")
 def test_experiment_docstrings_state_the_exact_parameter_count(name, module):
     stated = re.search(r"^Parameters.*?: ([\d,]+)", module.__doc__, re.M).group(1)
-    assert plan_lib.count_params(model_config(module.get_config(None))) == int(
+    assert accounting.count_params(model_config(module.get_config(None))) == int(
         stated.replace(",", "")), name
 
 

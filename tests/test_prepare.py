@@ -1,13 +1,13 @@
 """Data preparation on Beam: shards, resume, corrupt shards, workers, removals, card."""
 
-import json
 
 import ml_collections
 import numpy as np
 import pytest
 
-from cm3leon_jax.data import prepare, provenance, shards
-from cm3leon_jax.retrieval import index, neighbours
+from cm3leon_jax.data import prepare
+from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
+from cm3leon_jax.retrieval import index, neighbour_table
 
 import tiny_stack
 
@@ -52,8 +52,8 @@ def _neighbour_table(workdir, cfg):
     ids = sorted(e["id"] for e in sources.numpy_examples(config.data_config(cfg), str(workdir),
                                                          "train"))
     rows = np.array([[(i + 1) % len(ids), (i + 2) % len(ids)] for i in range(len(ids))], np.int32)
-    table = neighbours.NeighbourTable(ids, rows, ids, {"split": "train"})
-    table.save(neighbours.table_path(config.retrieval_config(cfg), str(workdir), "train"))
+    table = neighbour_table.NeighbourTable(ids, rows, ids, {"split": "train"})
+    table.save(neighbour_table.table_path(config.retrieval_config(cfg), str(workdir), "train"))
     return {doc: [ids[(i + 1) % len(ids)], ids[(i + 2) % len(ids)]] for i, doc in enumerate(ids)}
 
 
@@ -146,7 +146,7 @@ def test_removal_drops_document_everywhere_and_keeps_other_shards(tmp_path, voca
     assert card["removals"][0]["count"] == 1 and card["removals"][0]["rebuilt"]
     assert card["removals"][0]["index_rows_removed"] == 1
     from cm3leon_jax import config as config_lib
-    assert neighbours.table_path(config_lib.retrieval_config(cfg), str(tmp_path),
+    assert neighbour_table.table_path(config_lib.retrieval_config(cfg), str(tmp_path),
                                  "train").exists()  # the index rebuild kept the tables
     # The index no longer holds it either: not even a query that is its own embedding finds it.
     from cm3leon_jax import config
@@ -193,18 +193,18 @@ def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_d
 def test_progress_lines_per_worker_and_worker_count(caplog):
     """Beam commands log done/total, rate and ETA per worker process (its share of the split)."""
     import logging
-    options = prepare.pipeline_options(("--direct_num_workers=2",
+    options = beam_io.pipeline_options(("--direct_num_workers=2",
                                         "--direct_running_mode=multi_processing"))
-    assert prepare.expected_workers(options) == 2
-    assert prepare.expected_workers(prepare.pipeline_options(())) == 1
-    assert prepare.expected_workers(prepare.pipeline_options(("--runner=DataflowRunner",))) == 0
+    assert beam_io.expected_workers(options) == 2
+    assert beam_io.expected_workers(beam_io.pipeline_options(())) == 1
+    assert beam_io.expected_workers(beam_io.pipeline_options(("--runner=DataflowRunner",))) == 0
     # No runner named: the local Fn API runner, not Beam's switching default, which would try to
     # download the Prism runner's binary first.
     from apache_beam.options.pipeline_options import StandardOptions
-    assert prepare.pipeline_options(()).view_as(StandardOptions).runner == prepare.LOCAL_RUNNER
-    assert prepare.pipeline_options(("--runner=DataflowRunner",)).view_as(
+    assert beam_io.pipeline_options(()).view_as(StandardOptions).runner == beam_io.LOCAL_RUNNER
+    assert beam_io.pipeline_options(("--runner=DataflowRunner",)).view_as(
         StandardOptions).runner == "DataflowRunner"
-    report = prepare.ReportProgress("prepare: train documents", total=10, workers=2, every_s=1e9)
+    report = beam_io.ReportProgress("prepare: train documents", total=10, workers=2, every_s=1e9)
     report.setup()
     # absl's logger keeps its own level, which an earlier test's entry point may have raised
     # (`generate`/`evaluate` set WARNING), so set both.

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from cm3leon_jax import config
-from cm3leon_jax.data import provenance
+from cm3leon_jax.data.offline import provenance
 
 
 def _policy(**data_fields):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cm3leon_jax import config
-from cm3leon_jax.retrieval import index, neighbours, rules, synthetic
+from cm3leon_jax.retrieval import index, neighbour_table, rules, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_neighbours_in_batches_never_return_the_query(tmp_path, clustered):
     bank, _ = clustered
     built = _build(bank[:2000], "scann", num_leaves=40, leaves_to_search=8)
     selection = rules.Rules(k=2, relevance_threshold=0.9, diversity_threshold=0.9)
-    rows = neighbours.compute_neighbours(built, bank[:2000], selection,
+    rows = neighbour_table.compute_neighbours(built, bank[:2000], selection,
                                          query_rows=np.arange(2000), num_candidates=16,
                                          batch_size=256)
     assert rows.shape == (2000, 2) and rows.dtype == np.int32
@@ -110,8 +110,8 @@ def test_neighbours_in_batches_never_return_the_query(tmp_path, clustered):
     chosen = rows[rows[:, 0] >= 0, 0]
     scores = np.einsum("nd,nd->n", bank[:2000][rows[:, 0] >= 0], bank[chosen])
     assert (scores <= 0.9 + 1e-6).all()  # relevance rule held for every query
-    table = neighbours.NeighbourTable(built.document_ids, rows, built.document_ids, {"k": 2})
-    loaded = neighbours.NeighbourTable.load(table.save(tmp_path / "n.npz"))
+    table = neighbour_table.NeighbourTable(built.document_ids, rows, built.document_ids, {"k": 2})
+    loaded = neighbour_table.NeighbourTable.load(table.save(tmp_path / "n.npz"))
     np.testing.assert_array_equal(loaded.neighbours, rows)
     assert loaded.document_ids == built.document_ids and loaded.info == {"k": 2}
     assert loaded.neighbour_ids(0) == [f"doc/{r}" for r in rows[0] if r >= 0]
@@ -121,7 +121,7 @@ def test_neighbours_in_batches_never_return_the_query(tmp_path, clustered):
 def test_filtered_index_never_returns_refused_documents(tmp_path, clustered, kind):
     """Licence policy and removals applied to the bank: refused rows are gone from every search,
     the searcher is rebuilt over the rest, and provenance survives save/load."""
-    from cm3leon_jax.data import provenance
+    from cm3leon_jax.data.offline import provenance
     bank, queries = clustered
     bank = bank[:3000]
     ids = [f"doc/{i}" for i in range(len(bank))]

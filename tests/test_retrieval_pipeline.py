@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cm3leon_jax import config, results
-from cm3leon_jax.retrieval import build_index, encoder, index, neighbours, retriever, train_encoder
+from cm3leon_jax.retrieval import (build_index, encoder, index, neighbour_table, neighbours,
+                                   retriever, train_encoder)
 
 EXPERIMENT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "retrieval_shapes.py"
 
@@ -51,7 +52,7 @@ def test_index_and_neighbours_of_every_training_document(trained):
     assert summary["documents"] == 96 and summary["kind"] == "exact"
     assert summary["self_found_first"] >= 0.95
     neighbours.main(cfg, workdir)
-    table = neighbours.NeighbourTable.load(
+    table = neighbour_table.NeighbourTable.load(
         pathlib.Path(workdir) / "retrieval_index" / "neighbours_train.npz")
     assert table.neighbours.shape == (96, 2) and table.neighbours.dtype == np.int32
     own_rows = np.asarray([table.bank_document_ids.index(d) for d in table.document_ids])
@@ -60,8 +61,8 @@ def test_index_and_neighbours_of_every_training_document(trained):
     assert table.info["query_dropout"] == pytest.approx(0.2)
     stored = results.read_metrics(workdir)["retrieval_neighbours"]
     assert stored["train"]["self_retrieved"] == 0 and stored["test"]["documents"] == 16
-    validation = neighbours.NeighbourTable.load(
-        neighbours.table_path(config.retrieval_config(cfg), workdir, "validation"))
+    validation = neighbour_table.NeighbourTable.load(
+        neighbour_table.table_path(config.retrieval_config(cfg), workdir, "validation"))
     assert validation.neighbours.shape == (8, 2) and validation.info["query_dropout"] == 0.0
     assert set(validation.as_dict()) == set(validation.document_ids)
 
@@ -83,7 +84,7 @@ def test_the_bank_obeys_the_data_policy_and_removals(trained, tmp_path):
     refuses an index that still holds a removed document."""
     import json
     import shutil
-    from cm3leon_jax.data import provenance
+    from cm3leon_jax.data.offline import provenance
     cfg, workdir, _ = trained
     copy = str(tmp_path / "w")
     shutil.copytree(workdir, copy)
@@ -112,7 +113,8 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
     by reason in the summary), and a document's neighbours do not depend on its batch."""
     import json
     import shutil
-    from cm3leon_jax.data import provenance, sources
+    from cm3leon_jax.data.offline import provenance
+    from cm3leon_jax.data import sources
     cfg, workdir, _ = trained
     copy = tmp_path / "w"
     shutil.copytree(workdir, copy)
@@ -136,7 +138,7 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
     assert "[neighbours] train: 96 documents looked up, skipped none" in out
     stored = results.read_metrics(str(copy))["retrieval_neighbours"]
     assert stored["validation"]["skipped"] == {provenance.EXCLUDED_REMOVED: 1}
-    first = neighbours.NeighbourTable.load(neighbours.table_path(retrieval, str(copy), "train"))
+    first = neighbour_table.NeighbourTable.load(neighbour_table.table_path(retrieval, str(copy), "train"))
     assert first.document_ids == sorted(first.document_ids) and first.info["query_dropout"] > 0
     assert (first.neighbours >= 0).all()  # k neighbours each: the comparisons below mean something
 
@@ -145,7 +147,7 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
     two = neighbours.run_pipeline(data, retrieval, ("--direct_num_workers=2",
                                                     "--direct_running_mode=multi_threading"),
                                   str(copy), ("train",))
-    second = neighbours.NeighbourTable.load(two["train"])
+    second = neighbour_table.NeighbourTable.load(two["train"])
     assert first.document_ids == second.document_ids
     np.testing.assert_array_equal(first.neighbours, second.neighbours)
 

@@ -7,8 +7,9 @@ import pytest
 
 from cm3leon_jax.config import CM3Config, ConfigError, SFTConfig, TextTokenizerConfig, VocabConfig
 from cm3leon_jax.config import from_dict
-from cm3leon_jax.data import pipeline, sft_tasks, shards
-from cm3leon_jax.data.shapes import scenes
+from cm3leon_jax.data.input import pipeline, sft_tasks
+from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.sources.shapes import scenes
 from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Image, Text, Vocabulary
 

@@ -5,7 +5,7 @@ import pytest
 
 from cm3leon_jax import config
 from cm3leon_jax.data import sources
-from cm3leon_jax.data.shapes import builder, render, scenes, verifier
+from cm3leon_jax.data.sources.shapes import builder, render, scenes, verifier
 
 import ml_collections
 
@@ -105,7 +105,7 @@ def test_rendering_at_two_sizes_shows_the_same_scene(size):
 
 
 def test_levels_count_object_layouts_and_set_the_data_fields(tmp_path):
-    from cm3leon_jax.data.shapes import levels
+    from cm3leon_jax.data.sources.shapes import levels
 
     assert [levels.LEVELS[n].object_layouts for n in (1, 2, 3)] == [432, 83_376, 9_373_104]
     assert levels.parse("level1") == 1 and levels.parse(2) == 2 and levels.parse(None) == 3

@@ -11,7 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cm3leon_jax import config
-from cm3leon_jax.data import prepare, provenance, sources, webdataset
+from cm3leon_jax.data import prepare, sources
+from cm3leon_jax.data.offline import provenance
+from cm3leon_jax.data.sources import webdataset
 
 import tiny_stack
 

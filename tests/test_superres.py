@@ -11,10 +11,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cm3leon_jax import image_metrics, superres, upsampler
+from cm3leon_jax import image_metrics
+from cm3leon_jax.superres import stage as superres, upsampler
 from cm3leon_jax.config import DataConfig, ModelConfig, TextTokenizerConfig, VocabConfig
-from cm3leon_jax.data import superres_pairs
-from cm3leon_jax.data.shapes import verifier
+from cm3leon_jax.superres import pairs as superres_pairs
+from cm3leon_jax.data.sources.shapes import verifier
 from cm3leon_jax.models.decoder import Decoder
 from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Vocabulary

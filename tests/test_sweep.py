@@ -17,8 +17,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 import ml_collections
 import pytest
 
-from cm3leon_jax import config, results, sweep, sweeps
-from cm3leon_jax.sweeps import product, zip_
+from cm3leon_jax import config, results
+from cm3leon_jax.sweep import runner as sweep, spec as sweeps
+from cm3leon_jax.sweep.spec import product, zip_
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -149,7 +150,7 @@ def get_config(arg=None):
 """
 
 TINY_SWEEP = """
-from cm3leon_jax.sweeps import product
+from cm3leon_jax.sweep.spec import product
 
 def get_sweep():
     return product({"model.width": [8, 16], "train.lr": [0.5, 2.0]})

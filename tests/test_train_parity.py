@@ -24,7 +24,8 @@ import pytest
 
 from cm3leon_jax import config
 from cm3leon_jax.config import ModelConfig, TrainConfig
-from cm3leon_jax.data import pipeline, prepare
+from cm3leon_jax.data.input import pipeline
+from cm3leon_jax.data import prepare
 from cm3leon_jax.export import hf_export, train_parity, verify
 from cm3leon_jax.export.param_sources import InMemoryParams
 from cm3leon_jax.models import init_params

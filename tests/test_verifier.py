@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cm3leon_jax.data.shapes import render, scenes, verifier
+from cm3leon_jax.data.sources.shapes import render, scenes, verifier
 
 
 @pytest.mark.parametrize("size,count", [(32, 400), (64, 100), (256, 20)])

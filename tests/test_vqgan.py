@@ -10,7 +10,7 @@ import pytest
 
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, VQGANConfig, VQGANTrainConfig
-from cm3leon_jax.data.shapes import render, scenes
+from cm3leon_jax.data.sources.shapes import render, scenes
 from cm3leon_jax.tokenizers import losses, quantizer, train_vqgan
 from cm3leon_jax.tokenizers.discriminator import PatchDiscriminator
 from cm3leon_jax.tokenizers.image_tokenizer import ImageTokenizer

@@ -15,7 +15,7 @@ import sys
 import ml_collections
 
 from cm3leon_jax import cli
-from cm3leon_jax.data import provenance, shards
+from cm3leon_jax.data.offline import provenance, shards
 
 
 def problems(workdir: str) -> list[str]:

@@ -5,7 +5,7 @@
         [--config experiments/<name>.py]
     python -m cm3leon_jax.data.inspect --workdir W --composition 50 --config ...
 
-Reads `<workdir>/prepared` through the same pipeline training uses (`data/pipeline.py`, with the
+Reads `<workdir>/prepared` through the same pipeline training uses (`data/input/pipeline.py`, with the
 config's `cm3` section, and `sft` with `--sft`) and prints each row segment by segment (one packed
 document per segment): text as text, a whole image as `[image 8×8]` (with `--save_images` also
 decoded by the VQ-GAN into `<workdir>/inspect/row<r>_seg<s>_img<k>.png`), a run of image codes
@@ -38,7 +38,7 @@ import numpy as np
 
 from cm3leon_jax import cli
 from cm3leon_jax.config import CM3Config, cm3_config, sft_config
-from cm3leon_jax.data import pipeline, sft_tasks
+from cm3leon_jax.data.input import pipeline, sft_tasks
 
 _SPLIT = flags.DEFINE_string("split", "train", "Prepared split to read.")
 _ROWS = flags.DEFINE_integer("rows", 3, "Rows to print.")

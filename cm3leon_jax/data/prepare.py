@@ -33,24 +33,21 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 import threading
 import time
 import uuid
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 from absl import flags, logging
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from etils import epath
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from cm3leon_jax import cli, compilation_cache, config, results
-from cm3leon_jax.data import images, provenance, shards, sources, webdataset
-from cm3leon_jax.progress import Progress
+from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
+from cm3leon_jax.data import sources
 
 STAGE = "prepare"
 _REMOVE = flags.DEFINE_string("remove", None, "File of document ids or source URIs to remove "
@@ -64,90 +61,6 @@ def output_dir(workdir: str) -> epath.Path:
 def vocab_dir(prepare: config.PrepareConfig, workdir: str) -> epath.Path:
     # Where `tokenizers/train_all.py` saves it.
     return epath.Path(prepare.vocab_dir or epath.Path(workdir) / "tokenizers" / "vocab")
-
-
-# --------------------------------------------------------------------------------------------------
-# Beam options and progress (shared with retrieval/neighbours.py)
-# --------------------------------------------------------------------------------------------------
-
-# The local runner when the options name none. Beam's own default (DirectRunner, which switches
-# between runners) first tries the Prism runner, which downloads a binary from GitHub at run time;
-# nothing here may download anything, so the Fn API runner it falls back to is named directly.
-LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-_LOCAL_RUNNERS = (None, LOCAL_RUNNER, "DirectRunner", "SwitchingDirectRunner",
-                  "BundleBasedDirectRunner")
-
-
-def pipeline_options(beam_options: Sequence[str]) -> PipelineOptions:
-    """`config.prepare.beam_options` as Beam pipeline options (`LOCAL_RUNNER` when none names a
-    runner; `--direct_running_mode` / `--direct_num_workers` apply to it)."""
-    options = list(beam_options)
-    if not any(option.startswith("--runner") for option in options):
-        options.append(f"--runner={LOCAL_RUNNER}")
-    return PipelineOptions(options)
-
-
-def expected_workers(options: PipelineOptions) -> int:
-    """Worker processes a run will split the documents over: 1 for the DirectRunner in one process
-    (in_memory, multi_threading: its threads share one count), `direct_num_workers` processes in
-    multi_processing mode, 0 (unknown) for other runners."""
-    runner = options.view_as(StandardOptions).runner
-    if runner not in _LOCAL_RUNNERS:
-        return 0
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "multi_processing":
-        return max(1, direct.direct_num_workers or os.cpu_count() or 1)
-    return 1
-
-
-# (run id, what) -> Progress of this worker process; every thread and stage instance shares it.
-_PROGRESS: dict[tuple[str, str], Progress] = {}
-_PROGRESS_LOCK = threading.Lock()
-
-
-class ReportProgress(beam.DoFn):
-    """Pass-through that logs documents done, rate and ETA in this worker process (at most every
-    `every_s` seconds, and when its share is done). The total is the split's size when the builder
-    knows it, divided among `workers` processes (each sees about its share); with `workers` = 0
-    (unknown) the line gives done and rate only."""
-
-    def __init__(self, what: str, total: Optional[int], workers: int = 1,
-                 run_id: Optional[str] = None, every_s: float = 5.0):
-        self.what, self.total, self.workers, self.every_s = what, total, workers, every_s
-        self.run_id = run_id or uuid.uuid4().hex
-
-    def setup(self):
-        share = math.ceil(self.total / self.workers) if self.total and self.workers else None
-        what = self.what if self.workers == 1 else f"{self.what} (worker pid {os.getpid()})"
-        with _PROGRESS_LOCK:
-            self.progress = _PROGRESS.setdefault(
-                (self.run_id, self.what), Progress(what, share, "documents", self.every_s))
-
-    def process(self, element):
-        with _PROGRESS_LOCK:
-            self.progress.update(1)
-        yield element
-
-
-# --------------------------------------------------------------------------------------------------
-# Beam transforms
-# --------------------------------------------------------------------------------------------------
-
-class ApplyPolicy(beam.DoFn):
-    EXCLUDED = "excluded"
-
-    def __init__(self, policy: provenance.Policy):
-        self.policy = policy
-
-    def process(self, document):
-        if isinstance(document, tuple):  # ("bad file", reason) from a reader
-            yield beam.pvalue.TaggedOutput(self.EXCLUDED, f"bad file: {document[1]}")
-            return
-        reason = self.policy.verdict(document)
-        if reason is None:
-            yield document
-        else:
-            yield beam.pvalue.TaggedOutput(self.EXCLUDED, reason)
 
 
 # One vocabulary and VQ-GAN per worker process, shared by every split's stage and thread: each
@@ -252,99 +165,6 @@ class WriteShard(beam.DoFn):
         yield info.name
 
 
-def _shard_items(path: str, data: config.DataConfig, split: str):
-    defaults = {"source": data.default_source, "license": data.default_license,
-                "attribution": data.default_attribution}
-    for item in webdataset.read_shard(path, data.image_size, split, data.validation_fraction,
-                                      data.test_fraction, defaults):
-        yield ("bad file", item.reason) if isinstance(item, images.BadImage) else item
-
-
-# Features the later stages use (the rest, e.g. `objects`, is not even batched).
-_DOCUMENT_FEATURES = ("id", "caption", "image", "source", "license", "attribution", "questions",
-                      "edit")
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def documents_of_batch(batch: dict) -> Iterable[dict]:
-    """A tf.data batch of a project builder's examples (numpy; `questions` ragged) -> one plain
-    dict per document: id, caption, image, source, license, attribution, and questions/answers
-    and the edit when the example has them."""
-    questions = batch.get("questions")
-    if questions is not None:
-        asked = questions["question"].to_list()
-        answered = questions["answer"].to_list()
-    for row, doc_id in enumerate(batch["id"]):
-        document = {"id": _text(doc_id), "caption": _text(batch["caption"][row]),
-                    "image": batch["image"][row]}
-        for key in ("source", "license", "attribution"):
-            document[key] = _text(batch[key][row]) if key in batch else ""
-        if questions is not None:
-            document["questions"] = [_text(q) for q in asked[row]]
-            document["answers"] = [_text(a) for a in answered[row]]
-        if "edit" in batch:
-            document["edit_instruction"] = _text(batch["edit"]["instruction"][row])
-            document["edit_image"] = batch["edit"]["image"][row]
-        yield document
-
-
-def read_tfds_file(file_instruction, builder, batch_size: int = 256) -> Iterable[dict]:
-    """The documents of one tfrecord file of a project builder's split, decoded by tf.data in
-    batches: one tf.data element per document cost ~1.3 ms of Python each (about half of what
-    VQ-encoding its two images costs), a batch of 256 ~0.25 ms per document."""
-    from tensorflow_datasets.core import naming  # noqa: PLC0415
-
-    name = naming.FilenameInfo.from_str(file_instruction.filename)
-    dataset = builder.as_dataset(split=f"{name.split}[{name.shard_index}shard]")
-    if file_instruction.skip > 0:
-        dataset = dataset.skip(file_instruction.skip)
-    if not file_instruction.takes_all:
-        dataset = dataset.take(file_instruction.take)
-    dataset = dataset.map(lambda e: {k: e[k] for k in _DOCUMENT_FEATURES if k in e})
-    for batch in tfds.as_numpy(dataset.ragged_batch(batch_size).prefetch(1)):
-        yield from documents_of_batch(batch)
-
-
-def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str, workers: int = 1):
-    """The split's documents as a PCollection; bad samples as ("bad file", reason) tuples.
-
-    Project builders are read one tfrecord file per worker, decoded by tf.data in batches
-    (`read_tfds_file`); tfds data sets by tfds's Beam reader; WebDataset shards one tar per worker.
-    With fewer files than `workers` (worker processes), the documents themselves are reshuffled
-    after reading, so that encoding, the costly part, is spread over every worker.
-    """
-    if data.source in ("shapes", "folder"):
-        builder = sources.prepared_builder(data, workdir)
-        if split not in builder.info.splits:  # a small folder can leave a split empty
-            return pipeline | f"No {split} documents" >> beam.Create([])
-        files = builder.info.splits[split].file_instructions
-        documents = (pipeline
-                     | f"Files {split}" >> beam.Create(files)
-                     | f"Spread files {split}" >> beam.Reshuffle()
-                     | f"Read {split}" >> beam.FlatMap(read_tfds_file, builder))
-        if len(files) < workers:
-            documents = documents | f"Spread documents {split}" >> beam.Reshuffle()
-        return documents
-    if data.source == "tfds":
-        tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
-        return (pipeline
-                | f"Read {split}" >> tfds.beam.ReadFromTFDS(
-                    sources.builder(data, workdir), tfds_split,
-                    read_config=tfds.ReadConfig(add_tfds_id=True))
-                | f"Document {split}" >> beam.Map(
-                    lambda example: sources.tfds_document(data, tfds.as_numpy(example), 0, split)))
-    paths = webdataset.shard_paths(data.webdataset)
-    documents = (pipeline
-                 | f"Shards {split}" >> beam.Create(paths)
-                 | f"Read {split}" >> beam.FlatMap(_shard_items, data, split))
-    if len(paths) < workers:
-        documents = documents | f"Spread documents {split}" >> beam.Reshuffle()
-    return documents
-
-
 def token_count(record: dict) -> int:
     return sum(len(record.get(k, ())) for k in ("text", "image", "retrieved_text",
                                                  "retrieved_image"))
@@ -373,14 +193,14 @@ def neighbour_tables(cfg: ml_collections.ConfigDict, prepare: config.PrepareConf
             raise config.ConfigError("config.prepare.retrieval='required' but the config has no "
                                      "`retrieval` section")
         return {}
-    from cm3leon_jax.retrieval import neighbours  # noqa: PLC0415 - only when retrieval is on
+    from cm3leon_jax.retrieval import neighbour_table  # noqa: PLC0415 - only when retrieval is on
 
     retrieval = config.retrieval_config(cfg)
     tables = {}
     for split in prepare.splits:
-        path = neighbours.table_path(retrieval, workdir, split)
+        path = neighbour_table.table_path(retrieval, workdir, split)
         if path.exists():
-            tables[split] = neighbours.NeighbourTable.load(path).as_dict()
+            tables[split] = neighbour_table.NeighbourTable.load(path).as_dict()
         elif prepare.retrieval == "required":
             raise FileNotFoundError(f"no neighbour table for {split} at {path}: run "
                                     "`python -m cm3leon_jax.retrieval.neighbours` first")
@@ -512,8 +332,8 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
     # The train split is the memory bank whenever any split being built has neighbours.
     need_bank = any(split in tables for split in building)
     read_splits = sorted(set(building) | ({"train"} if need_bank else set()))
-    options = pipeline_options(prep.beam_options)
-    workers, run_id = expected_workers(options), uuid.uuid4().hex
+    options = beam_io.pipeline_options(prep.beam_options)
+    workers, run_id = beam_io.expected_workers(options), uuid.uuid4().hex
     logging.info("prepare: building %s with Beam options %s",
                  {s: len(v) for s, v in building.items()}, list(prep.beam_options) or "(default)")
     with beam.Pipeline(options=options) as pipeline:
@@ -521,11 +341,11 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
         for split in read_splits:
             total = _split_total(data, workdir, split)
             kept, excluded = (
-                read_documents(pipeline, data, workdir, split, workers)
-                | f"Progress {split}" >> beam.ParDo(ReportProgress(
+                beam_io.read_documents(pipeline, data, workdir, split, workers)
+                | f"Progress {split}" >> beam.ParDo(beam_io.ReportProgress(
                     f"prepare: {split} documents", total, workers, run_id))
-                | f"Policy {split}" >> beam.ParDo(ApplyPolicy(policy)).with_outputs(
-                    ApplyPolicy.EXCLUDED, main="kept"))
+                | f"Policy {split}" >> beam.ParDo(beam_io.ApplyPolicy(policy)).with_outputs(
+                    beam_io.ApplyPolicy.EXCLUDED, main="kept"))
             if split in building:
                 _ = (excluded
                      | f"Count excluded {split}" >> beam.combiners.Count.PerElement()

@@ -154,7 +154,7 @@ class TestSet:
     @classmethod
     def load(cls, cfg: ml_collections.ConfigDict, workdir: str, num_examples: int) -> "TestSet":
         from cm3leon_jax.data import sources  # noqa: PLC0415 - imports TensorFlow
-        from cm3leon_jax.data.shapes import builder  # noqa: PLC0415
+        from cm3leon_jax.data.sources.shapes import builder  # noqa: PLC0415
 
         if "data" not in cfg:
             raise ValueError("the run's config has no `data` section: pass --config with the file "

@@ -34,15 +34,14 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import config as config_lib
+from cm3leon_jax import config as config_lib, experiment_files
 from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.export import hf_config, hf_tensors, tokenizer_files
 from cm3leon_jax.export.hf_export import expected_shapes
 from cm3leon_jax.export.safetensors_stream import TensorReader
 from cm3leon_jax.vocab import Vocabulary
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "experiments")
+EXPERIMENTS = str(experiment_files.EXPERIMENTS)
 DEFAULT_BASE_EXPERIMENT = "sft_tiny.py"
 IMPORTED_MODEL_FILE = "imported_model.json"
 IMPORTED_CONFIG_FILE = "imported_config.py"

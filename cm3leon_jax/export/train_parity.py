@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm3leon_jax.config import ModelConfig, TrainConfig
-from cm3leon_jax.export import hf_tensors
 
 BATCH_KEYS = ("ids", "segment_ids", "positions", "weights")
 
@@ -65,7 +64,7 @@ def unpack_rows(batch: dict, pad_id: int, seq_len: Optional[int] = None) -> dict
 
 
 def take_batches(dataset, count: int) -> list[dict]:
-    """The first `count` numpy batches of a tf.data pipeline (`data/pipeline.py`)."""
+    """The first `count` numpy batches of a tf.data pipeline (`data/input/pipeline.py`)."""
     out = []
     for batch in dataset.as_numpy_iterator():
         out.append({key: np.asarray(batch[key]) for key in BATCH_KEYS})

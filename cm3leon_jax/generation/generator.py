@@ -40,7 +40,7 @@ from cm3leon_jax.generation import constraints as constraints_lib
 from cm3leon_jax.generation import decode as decode_lib
 from cm3leon_jax.generation import prompts as prompts_lib
 from cm3leon_jax.generation import rerank
-from cm3leon_jax.generation.retrieval import PromptRetriever, fit_documents
+from cm3leon_jax.generation.retrieved_context import PromptRetriever, fit_documents
 from cm3leon_jax.generation.sampling import SamplingConfig
 from cm3leon_jax.models import kv_cache
 
@@ -269,7 +269,7 @@ class Generator:
     def retrieval_by_default(self) -> bool:
         """Whether prompts get retrieved documents when the caller does not say: for the
         pretrained model, whose training examples all began with them; not for the SFT model,
-        whose instruction examples never had any (`data/sft_tasks.py`). On the demo workdir the
+        whose instruction examples never had any (`data/input/sft_tasks.py`). On the demo workdir the
         SFT model captioned a red circle "a picture of a large red circle at the top left ..."
         without them and "no." with them."""
         return self.stage == "pretrain" and self.retriever is not None

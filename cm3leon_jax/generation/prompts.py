@@ -3,13 +3,13 @@
 A prompt must look exactly like the beginning of a training example, or the model is asked
 something it never saw. Two stages, two layouts:
 
-* pretrained model (`<workdir>/pretrain`; documents as `data/layout.py` writes them, after CM3
+* pretrained model (`<workdir>/pretrain`; documents as `data/input/layout.py` writes them, after CM3
   training on `ret_1 <break> ret_2 <break> query <eos>`):
     text-to-image   caption <break> <boi>            -> codes <eoi>
     captioning      <boi> codes <eoi> <break>        -> caption <eos>
     infilling       prefix <mask:0> suffix <mask:0>  -> span <eos>   (CM3: the `<eos>` stays last,
-                                                        after the moved spans, `data/cm3.py`)
-* instruction-tuned model (`<workdir>/sft`; `data/sft_tasks.py`'s `Templates.prompt`, which
+                                                        after the moved spans, `data/input/cm3.py`)
+* instruction-tuned model (`<workdir>/sft`; `data/input/sft_tasks.py`'s `Templates.prompt`, which
   splices the tokenized fields between the pre-encoded literal parts of the templates, the same
   ids training used):
     text-to-image   "Generate an image: {caption}" <break> <boi>       -> codes <eoi>
@@ -44,8 +44,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cm3leon_jax.config import SFTConfig
-from cm3leon_jax.data import layout, sft_tasks
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import layout, sft_tasks
+from cm3leon_jax.data.input.cm3 import SpecialIds
 
 STAGES = ("pretrain", "sft")
 TASKS = ("text2image", "caption", "vqa", "edit", "infill")

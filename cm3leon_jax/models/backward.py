@@ -34,21 +34,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from cm3leon_jax.config import BACKWARD_PARTS as PARTS, backward_problem as problem
 from cm3leon_jax.models import platform
 
-PARTS = ("matmul", "attention", "loss")
 _SIXTEEN_BIT = ("bfloat16", "float16")
-
-
-def problem(choice: str) -> Optional[str]:
-    """Why `choice` is not a valid `model.backward`, or None."""
-    if choice in ("auto", "custom", "autodiff"):
-        return None
-    unknown = [part for part in choice.split("+") if part not in PARTS]
-    if unknown:
-        return (f"must be 'auto', 'custom', 'autodiff' or parts joined by '+' from "
-                f"{', '.join(PARTS)}; unknown: {', '.join(unknown)}")
-    return None
 
 
 def use_custom(choice: str, part: str, compute_dtype: str = "float32",

@@ -9,7 +9,7 @@ t + 1. The prediction of token t + 1 counts with weight `loss_weights[:, t + 1]`
 belongs to the *target* token, which is how SFT masks the prompt: zero weight on prompt tokens),
 and only when tokens t and t + 1 are in the same non-padding segment (a packed document's first
 token is never predicted from the previous document). The last position predicts nothing. This is
-the packer's row convention (`data/packing.py`: `weights[t]` weighs the prediction of `ids[t]`).
+the packer's row convention (`data/input/packing.py`: `weights[t]` weighs the prediction of `ids[t]`).
 
 z-loss (Chameleon; PaLM): `z_loss * log(Z)^2` per counted token, Z the softmax normaliser; it keeps
 log Z near 0 so bfloat16 logits stay well conditioned.

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import cli, config, results
-from cm3leon_jax.data import provenance
+from cm3leon_jax.data.offline import provenance
 from cm3leon_jax.retrieval import corpus, encoder, index
 
 STAGE = "retrieval_index"

@@ -4,7 +4,7 @@ Data preparation joins the tables this writes; training then reads bank rows / d
 never queries the index online. The lookup is one Beam pipeline for every split (DirectRunner by
 default; the same `config.prepare.beam_options` as `prepare` pick workers or another runner):
 
-    read the split's documents (`prepare.read_documents`) -> data policy (licences, removals: a
+    read the split's documents (`data/offline/beam.read_documents`) -> data policy (licences, removals: a
     refused document is skipped, counted by reason) -> batches of `retrieval.embed_batch_size`
     -> `LookUpNeighbours`: the bi-encoder and the index are loaded once per worker process
        (`setup`, the index checked against the encoder's and the corpus's fingerprints); a batch
@@ -36,7 +36,6 @@ import dataclasses
 import json
 import threading
 import uuid
-from typing import Optional
 
 from absl import logging
 import apache_beam as beam
@@ -46,91 +45,11 @@ import numpy as np
 
 from cm3leon_jax import cli, compilation_cache, config, results
 from cm3leon_jax.data import sources
-from cm3leon_jax.progress import Progress
-from cm3leon_jax.retrieval import corpus, encoder, index, rules
+from cm3leon_jax.retrieval import corpus, encoder, index, neighbour_table, rules
 
 STAGE = "retrieval_neighbours"
 
 
-@dataclasses.dataclass
-class NeighbourTable:
-    """Neighbours of the documents of one split.
-
-    document_ids: the query documents, sorted by id (the Beam lookup's order, whatever the
-      workers).
-    neighbours: int32 [N, k] rows of the memory bank (`bank_document_ids[row]`), -1 where fewer
-      than k candidates passed the rules.
-    bank_document_ids: the index's documents (row order).
-    info: provenance (encoder and corpus fingerprints, rules, split, query dropout).
-    """
-
-    document_ids: list[str]
-    neighbours: np.ndarray
-    bank_document_ids: list[str]
-    info: dict
-
-    def neighbour_ids(self, row: int) -> list[str]:
-        """Document ids of row `row`'s neighbours (missing ones left out)."""
-        return [self.bank_document_ids[r] for r in self.neighbours[row] if r >= 0]
-
-    def as_dict(self) -> dict[str, list[str]]:
-        return {doc_id: self.neighbour_ids(row) for row, doc_id in enumerate(self.document_ids)}
-
-    def save(self, path: str | epath.Path) -> epath.Path:
-        """One .npz: `neighbours`, `document_ids`, `bank_document_ids` and `info` (JSON)."""
-        path = epath.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            np.savez(f, neighbours=self.neighbours.astype(np.int32),
-                     document_ids=np.asarray(self.document_ids, dtype=np.str_),
-                     bank_document_ids=np.asarray(self.bank_document_ids, dtype=np.str_),
-                     info=np.asarray(json.dumps(self.info, sort_keys=True)))
-        return path
-
-    @classmethod
-    def load(cls, path: str | epath.Path) -> "NeighbourTable":
-        with epath.Path(path).open("rb") as f:
-            stored = np.load(f)
-            return cls(document_ids=stored["document_ids"].tolist(),
-                       neighbours=stored["neighbours"],
-                       bank_document_ids=stored["bank_document_ids"].tolist(),
-                       info=json.loads(str(stored["info"])))
-
-
-def compute_neighbours(bank: index.RetrievalIndex, query_embeddings: np.ndarray,
-                       selection: rules.Rules, query_rows: Optional[np.ndarray] = None,
-                       num_candidates: Optional[int] = None, batch_size: int = 1024,
-                       progress: Optional[Progress] = None) -> np.ndarray:
-    """int32 [N, k] bank rows chosen by the rules for each query (-1 = fewer than k).
-
-    query_embeddings: float32 [N, D] unit vectors (embedded with dropout for training queries).
-    query_rows: int [N] each query's own row in the bank (-1 when not in it); it is never chosen.
-    num_candidates: index candidates per query before the rules (default: the index's own).
-    """
-    query_embeddings = np.asarray(query_embeddings, np.float32)
-    count = len(query_embeddings)
-    if query_rows is None:
-        query_rows = np.full((count,), -1, np.int32)
-    if len(query_rows) != count:
-        raise ValueError(f"{len(query_rows)} query rows for {count} query embeddings")
-    num_candidates = num_candidates or bank.params.num_neighbours
-    result = np.full((count, selection.k), -1, np.int32)
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        candidate_rows, _ = bank.search(query_embeddings[start:stop], num_candidates)
-        safe_rows = np.maximum(candidate_rows, 0)
-        result[start:stop] = rules.select_neighbours(
-            query_embeddings[start:stop], candidate_rows, bank.embeddings[safe_rows],
-            bank.multimodal[safe_rows] & (candidate_rows >= 0), selection,
-            query_rows[start:stop])
-        if progress is not None:
-            progress.update(stop - start)
-    return result
-
-
-# --------------------------------------------------------------------------------------------------
-# The Beam pipeline
-# --------------------------------------------------------------------------------------------------
 
 # Models loaded by this worker process, shared by every split's stage and thread:
 # (encoder dir, index dir, encoder fingerprint, corpus fingerprint) -> (BiEncoder, RetrievalIndex).
@@ -202,7 +121,7 @@ class LookUpNeighbours(beam.DoFn):
         embeddings = corpus.embed_batch(self.biencoder, padded, self.query_dropout,
                                         self.retrieval.query_dropout_seed)
         query_rows = np.asarray([self.bank.row_of(doc_id) for doc_id in padded["id"]], np.int32)
-        rows = compute_neighbours(self.bank, embeddings, self.selection, query_rows,
+        rows = neighbour_table.compute_neighbours(self.bank, embeddings, self.selection, query_rows,
                                   self.retrieval.num_candidates, batch_size=size)
         return rows[:len(documents)]
 
@@ -231,7 +150,7 @@ class WriteTable(beam.DoFn):
         rows = (np.stack([r for _, r in found]).astype(np.int32) if found
                 else np.zeros((0, self.k), np.int32))
         info = dict(self.info, skipped=dict(sorted(skipped.items())))
-        table = NeighbourTable([doc_id for doc_id, _ in found], rows, bank_ids, info)
+        table = neighbour_table.NeighbourTable([doc_id for doc_id, _ in found], rows, bank_ids, info)
         yield str(table.save(self.path))
 
 
@@ -239,7 +158,7 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
                  beam_options, workdir: str, splits) -> dict[str, epath.Path]:
     """Looks up the neighbours of every document of `splits` in one Beam pipeline and writes one
     table per split (`table_path`). Returns split -> path."""
-    from cm3leon_jax.data import prepare, provenance  # noqa: PLC0415 - Beam reading, policy
+    from cm3leon_jax.data.offline import beam as beam_io, provenance  # noqa: PLC0415 - Beam
 
     directory = index.index_dir(retrieval, workdir)
     if not (directory / index.MANIFEST).exists():
@@ -259,10 +178,10 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
         _PLANNED_WITH[str(encoder.encoder_dir(retrieval, workdir))] = biencoder
     policy = provenance.Policy.of_workdir(data, workdir)
     selection = rules.Rules.from_config(retrieval)
-    options = prepare.pipeline_options(beam_options)
-    workers = prepare.expected_workers(options)
+    options = beam_io.pipeline_options(beam_options)
+    workers = beam_io.expected_workers(options)
     run_id = uuid.uuid4().hex
-    paths = {split: table_path(retrieval, workdir, split) for split in splits}
+    paths = {split: neighbour_table.table_path(retrieval, workdir, split) for split in splits}
     logging.info("neighbours: looking up %s with Beam options %s", list(splits),
                  list(beam_options) or "(default)")
     with beam.Pipeline(options=options) as pipeline:
@@ -278,11 +197,11 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
                     "index_kind": manifest["kind"], "policy": policy.describe()}
             total = sources.known_split_size(data, workdir, split)
             kept, skipped = (
-                prepare.read_documents(pipeline, data, workdir, split, workers)
-                | f"Progress {split}" >> beam.ParDo(prepare.ReportProgress(
+                beam_io.read_documents(pipeline, data, workdir, split, workers)
+                | f"Progress {split}" >> beam.ParDo(beam_io.ReportProgress(
                     f"neighbours of {split} documents", total, workers, run_id))
-                | f"Policy {split}" >> beam.ParDo(prepare.ApplyPolicy(policy)).with_outputs(
-                    prepare.ApplyPolicy.EXCLUDED, main="kept"))
+                | f"Policy {split}" >> beam.ParDo(beam_io.ApplyPolicy(policy)).with_outputs(
+                    beam_io.ApplyPolicy.EXCLUDED, main="kept"))
             skipped_counts = (skipped
                               | f"Count skipped {split}" >> beam.combiners.Count.PerElement()
                               | f"Skipped dict {split}" >> beam.combiners.ToDict())
@@ -300,11 +219,7 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
     return paths
 
 
-def table_path(retrieval: config.RetrievalConfig, workdir: str, split: str) -> epath.Path:
-    return index.index_dir(retrieval, workdir) / f"neighbours_{split}.npz"
-
-
-def summary_figures(table: NeighbourTable, k: int) -> dict:
+def summary_figures(table: neighbour_table.NeighbourTable, k: int) -> dict:
     found = (table.neighbours >= 0).sum(axis=1)
     bank_row = {doc_id: row for row, doc_id in enumerate(table.bank_document_ids)}
     query_rows = np.asarray([bank_row.get(doc_id, -1) for doc_id in table.document_ids])
@@ -316,11 +231,11 @@ def summary_figures(table: NeighbourTable, k: int) -> dict:
                                    & (query_rows[:, None] >= 0)).sum())}
 
 
-def shapes_relevance(table: NeighbourTable, data: config.DataConfig, workdir: str,
+def shapes_relevance(table: neighbour_table.NeighbourTable, data: config.DataConfig, workdir: str,
                      split: str) -> dict[str, float]:
     """On `shapes`: how often a neighbour shows an object (shape and colour) of its query, next to
     how often a random train document does (the chance level)."""
-    from cm3leon_jax.data.shapes import scenes  # noqa: PLC0415
+    from cm3leon_jax.data.sources.shapes import scenes  # noqa: PLC0415
 
     objects = {}
     for source_split in {"train", split}:
@@ -346,7 +261,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     paths = run_pipeline(data, retrieval, beam_options, workdir, retrieval.neighbour_splits)
     figures = {}
     for split, path in paths.items():
-        table = NeighbourTable.load(path)
+        table = neighbour_table.NeighbourTable.load(path)
         figures[split] = summary_figures(table, retrieval.k)
         if data.source == "shapes":
             figures[split].update(shapes_relevance(table, data, workdir, split))

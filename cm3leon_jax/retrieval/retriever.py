@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config
-from cm3leon_jax.data import provenance
-from cm3leon_jax.retrieval import byte_tokenizer, corpus, encoder, index, neighbours, rules
+from cm3leon_jax.data.offline import provenance
+from cm3leon_jax.retrieval import byte_tokenizer, corpus, encoder, index, neighbour_table, rules
 
 
 def _tokens(biencoder: encoder.BiEncoder, texts: Sequence[str]) -> np.ndarray:
@@ -87,7 +87,7 @@ class Retriever:
                  images: Optional[np.ndarray] = None) -> np.ndarray:
         """int32 [n, k] bank rows for n prompts (no query dropout; -1 = fewer than k)."""
         queries = embed_queries(self.biencoder, texts, images)
-        return neighbours.compute_neighbours(self.bank, queries, self.selection,
+        return neighbour_table.compute_neighbours(self.bank, queries, self.selection,
                                              num_candidates=self.num_candidates)
 
     def retrieve_ids(self, texts: Optional[Sequence[str]] = None,

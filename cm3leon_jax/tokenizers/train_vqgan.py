@@ -36,7 +36,7 @@ from cm3leon_jax import cli, image_metrics, results
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, DataConfig, VQGANConfig, VQGANTrainConfig
 from cm3leon_jax.data import sources
-from cm3leon_jax.data.shapes import builder, verifier
+from cm3leon_jax.data.sources.shapes import builder, verifier
 from cm3leon_jax.evaluation import attributes
 from cm3leon_jax.tokenizers import grids, image_tokenizer, losses, quantizer
 from cm3leon_jax.tokenizers.discriminator import PatchDiscriminator

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.models import backward, loss as loss_lib
+from cm3leon_jax.models import accounting, backward, loss as loss_lib
 from cm3leon_jax.models.decoder import Decoder
 from cm3leon_jax.parallel import sharding
 from cm3leon_jax.train import loop
@@ -34,7 +34,7 @@ def model_signature(model: config_lib.ModelConfig) -> dict:
 def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]):
     """loss_fn(params, batch, rng) -> (objective sum, metric sums), see `train/step.py`.
 
-    batch: `ids` [batch, length] int32 and, optional (as the packer writes them, `data/packing.py`),
+    batch: `ids` [batch, length] int32 and, optional (as the packer writes them, `data/input/packing.py`),
     `segment_ids` (0 = padding; default one document per row), `positions` (default: restart per
     segment) and `weights` (float32 weight of predicting `ids[t]`; default 1)."""
     model = Decoder(model_cfg)
@@ -96,11 +96,9 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
     rules = mesh_cfg.logical_axis_rules()
     sharding.check_batch(train_cfg.batch_size, mesh, rules)
 
-    from cm3leon_jax import plan  # noqa: PLC0415 - plan imports the model; keep import local
-
-    abstract = nn.meta.unbox(plan.abstract_params(model_cfg))
+    abstract = nn.meta.unbox(accounting.abstract_params(model_cfg))
     num_params = sum(x.size for x in jax.tree.leaves(abstract))
-    flops = plan.flops_per_token(model_cfg, num_params, plan._lookup_only_params(  # noqa: SLF001
+    flops = accounting.flops_per_token(model_cfg, num_params, accounting.lookup_only_params(
         model_cfg, abstract), seq_len=seq_len)["total"]
     return loop.Task(
         name=name, init_params=functools.partial(init_params, model_cfg),
@@ -118,7 +116,7 @@ class Setup:
     """What every decoder stage reads from a project workdir: prepared data, vocabulary, mesh."""
 
     def __init__(self, cfg, workdir: str):
-        from cm3leon_jax.data import pipeline  # noqa: PLC0415 - TF import only for training
+        from cm3leon_jax.data.input import pipeline
         from cm3leon_jax.parallel import mesh as mesh_lib  # noqa: PLC0415
         from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
 

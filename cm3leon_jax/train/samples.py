@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.data import shards
-from cm3leon_jax.data.shapes import scenes
+from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.sources.shapes import scenes
 from cm3leon_jax.evaluation import attributes
 
 

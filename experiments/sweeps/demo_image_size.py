@@ -19,7 +19,7 @@ for the four runs. The shapes verifier agrees with the ground truth on all 16 sh
 verifier's figures mean something from 32x32 up, which is why 32 stays the demo's default.
 """
 
-from cm3leon_jax.sweeps import product, zip_
+from cm3leon_jax.sweep.spec import product, zip_
 
 
 def get_sweep():

@@ -24,7 +24,7 @@ documents 0.93 / 2.35 (d=128, batch 8; 202 s), 0.94 / 2.40 (d=192; 258 s), 0.98 
 tasks").
 """
 
-from cm3leon_jax.sweeps import zip_
+from cm3leon_jax.sweep.spec import zip_
 
 
 def get_sweep():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cm3leon_jax.data.shapes.scenes import COLOURS, Background, Obj, Scene
+from cm3leon_jax.data.sources.shapes.scenes import COLOURS, Background, Obj, Scene
 
 CELL = 1.0 / 3.0
 RADIUS = {"small": 0.32 * CELL, "large": 0.44 * CELL}

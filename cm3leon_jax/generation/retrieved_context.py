@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.data import layout, sft_tasks
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import layout, sft_tasks
+from cm3leon_jax.data.input.cm3 import SpecialIds
 from cm3leon_jax.retrieval import encoder, index, rules
 
 INDEX_SPLIT = "train"  # build_index embeds the train split
@@ -42,7 +42,7 @@ class DocumentStore:
         self._read: set[str] = set()
 
     def _index(self) -> dict[str, str]:
-        from cm3leon_jax.data import shards  # noqa: PLC0415 - imports TensorFlow
+        from cm3leon_jax.data.offline import shards
 
         if self._shard_of is None:
             self._shard_of = {}
@@ -57,7 +57,7 @@ class DocumentStore:
     def _read_shard(self, name: str) -> None:
         import tensorflow as tf  # noqa: PLC0415 - TFRecord reading only when retrieval is used
 
-        from cm3leon_jax.data import shards  # noqa: PLC0415
+        from cm3leon_jax.data.offline import shards  # noqa: PLC0415
 
         for serialized in tf.data.TFRecordDataset(str(self.directory / name)).as_numpy_iterator():
             record = shards.parse_numpy(serialized)

@@ -21,8 +21,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from cm3leon_jax.data.shapes import render
-from cm3leon_jax.data.shapes.scenes import COLOURS, SHAPES, SIZES
+from cm3leon_jax.data.sources.shapes import render
+from cm3leon_jax.data.sources.shapes.scenes import COLOURS, SHAPES, SIZES
 
 ObjectKey = tuple[str, str, str, int]  # (shape, colour, size, position)
 

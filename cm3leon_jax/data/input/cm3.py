@@ -6,7 +6,7 @@ at inference it is shown the document with a hole and asked to continue after th
 runs inside tf.data through `tf.numpy_function`: the per-token work is numpy, the Python work is
 O(number of spans)), its exact inverse `uncm3`, and `cm3_mask_tf`, the tf.data wrapper.
 
-The transform, on an int id array `doc` (one training example as laid out by `data/layout.py`,
+The transform, on an int id array `doc` (one training example as laid out by `data/input/layout.py`,
 e.g. `ret_1 <break> ret_2 <break> caption <break> <boi> codes <eoi> <eos>`):
 
 1. With probability `unmasked_rate` the document is left alone (plain causal LM). Otherwise draw

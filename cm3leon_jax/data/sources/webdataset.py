@@ -14,7 +14,7 @@ from typing import Iterator, Union
 
 from etils import epath
 
-from cm3leon_jax.data import folder, images
+from cm3leon_jax.data.sources import folder, images
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MISSING_CAPTION = "missing caption"

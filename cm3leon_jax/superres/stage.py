@@ -1,4 +1,4 @@
-"""Super-resolution stage: trains the token-space upsampler, then evaluates it on the test split.
+"""The super-resolution stage: trains the token-space upsampler, then evaluates it on the test split.
 
     python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_shapes_64.py \
         --workdir W/tokenizers_hr --config.vqgan_train.init_from=<base VQ-GAN>  # high-res VQ-GAN
@@ -8,9 +8,8 @@ CM3leon generates at base resolution and relies on a separately trained super-re
 Here it is the project's decoder (`models/decoder.py`, its own smaller `config.model`) reading the
 base VQ-GAN's codes of an image (and, with `superres.use_caption`, its caption) and writing the
 codes of a second, high-resolution VQ-GAN; the row layout and the two-codebook vocabulary are
-described in `cm3leon_jax/upsampler.py`. Training pairs are one scene rendered at both resolutions
-by the `shapes` builder (or, for user data, the image and its downsampled copy:
-`data/superres_pairs.py`). The loss is on the high-res codes only.
+described in `superres/upsampler.py`. Training pairs are one scene rendered at both resolutions
+by the `shapes` builder (or, for user data, the image and its downsampled copy: `superres/pairs.py`). The loss is on the high-res codes only.
 
 Training is the shared loop (`train/loop.py` through `train/decoder_task.make_task`, as
 pretraining and SFT use it): checkpoints, resume, CLU metrics and `train_log.jsonl` in W/superres,
@@ -41,10 +40,11 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, image_metrics, results, upsampler
+from cm3leon_jax import image_metrics, results
+from cm3leon_jax.superres import upsampler
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError
-from cm3leon_jax.data import superres_pairs
+from cm3leon_jax.superres import pairs as superres_pairs
 
 STAGE = "superres"
 HIGH_TOKENIZER_DEFAULT = "tokenizers_hr"  # W/<this>: where experiments/vqgan_shapes_64.py trains
@@ -145,7 +145,7 @@ def _caption_ids(vocab: upsampler.UpsamplerVocab, captions, limit: int) -> list[
 def evaluate(up: upsampler.Upsampler, pairs: dict, *, sampling=upsampler.GREEDY,
              seed: int = 0) -> tuple[dict, dict]:
     """Figures of the upsampler on `pairs` (see the module docstring) and the images behind them."""
-    from cm3leon_jax.data.shapes import verifier  # noqa: PLC0415
+    from cm3leon_jax.data.sources.shapes import verifier  # noqa: PLC0415
 
     high_size = up.meta.high_image_size
     start = time.perf_counter()
@@ -308,11 +308,3 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{figures['high_vqgan_reconstruction']['psnr_db']:.2f} dB; verifier "
           f"{figures.get('verifier_exact_match', figures.get('verifier'))}")
     return {"state": state, **merged}
-
-
-def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-    run(cfg, workdir)
-
-
-if __name__ == "__main__":
-    cli.run(main, default_config="superres_shapes.py")

@@ -197,7 +197,7 @@ def write_manifest(root: str | epath.Path, splits: Mapping[str, Sequence[ShardIn
     and the checkpoint guard read exactly like a prepared one. `extra` keys (e.g. `vocab`) are
     stored as given. Returns the manifest.
     """
-    from cm3leon_jax.data import provenance  # noqa: PLC0415 - keeps this module's imports light
+    from cm3leon_jax.data.offline import provenance
 
     listing, checksums = {}, {}
     for split, infos in splits.items():

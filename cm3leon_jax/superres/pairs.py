@@ -25,7 +25,7 @@ from etils import epath
 import numpy as np
 
 from cm3leon_jax.config import DataConfig
-from cm3leon_jax.data import pipeline
+from cm3leon_jax.data.input import pipeline
 
 
 def resolutions(data: DataConfig, high_size: int) -> tuple[DataConfig, DataConfig]:
@@ -42,7 +42,7 @@ def load_pairs(data: DataConfig, workdir: str, split: str, high_size: int,
     "objects": per-example object keys (shapes) or None}."""
     from cm3leon_jax import image_metrics  # noqa: PLC0415
     from cm3leon_jax.data import sources  # noqa: PLC0415
-    from cm3leon_jax.data.shapes import builder  # noqa: PLC0415
+    from cm3leon_jax.data.sources.shapes import builder  # noqa: PLC0415
 
     low_cfg, high_cfg = resolutions(data, high_size)
     high_examples = list(sources.numpy_examples(high_cfg, workdir, split, limit=limit))

@@ -20,7 +20,7 @@ from typing import Union
 
 import ml_collections
 
-from cm3leon_jax.data.shapes.scenes import COLOURS, POSITIONS, SHAPES, SIZES
+from cm3leon_jax.data.sources.shapes.scenes import COLOURS, POSITIONS, SHAPES, SIZES
 
 
 @dataclasses.dataclass(frozen=True)

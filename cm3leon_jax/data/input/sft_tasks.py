@@ -6,7 +6,7 @@ CM3leon's second stage trains the same model with the same next-token loss on ta
 
 with the loss on the output (and its `<eos>`, so the model learns where the answer ends) and none
 on the prompt: the model is taught to *answer*, not to reproduce instructions. The tasks, all built
-from the fields of one prepared record (`data/shards.py`):
+from the fields of one prepared record (`data/offline/shards.py`):
 
 | task | prompt segments | output |
 |---|---|---|
@@ -44,8 +44,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from cm3leon_jax.config import SFT_TASKS, SFTConfig
-from cm3leon_jax.data import layout
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import layout
+from cm3leon_jax.data.input.cm3 import SpecialIds
 
 TASKS = SFT_TASKS
 TASK_IDS = {task: index for index, task in enumerate(TASKS)}

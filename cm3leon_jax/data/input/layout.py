@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input.cm3 import SpecialIds
 
 TEXT = "text"
 IMAGE = "image"

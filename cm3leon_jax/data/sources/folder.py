@@ -31,7 +31,7 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
-from cm3leon_jax.data import images
+from cm3leon_jax.data.sources import images
 
 MALFORMED_LINE = "malformed captions.jsonl line"
 PROVENANCE_FIELDS = ("source", "license", "attribution")

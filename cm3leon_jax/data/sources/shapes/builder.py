@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cm3leon_jax.data.shapes import render, scenes
+from cm3leon_jax.data.sources.shapes import render, scenes
 
 SPLIT_BUCKETS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 LICENSE = "CC0-1.0"

@@ -59,9 +59,10 @@ from etils import epath
 import numpy as np
 
 from cm3leon_jax.config import CM3Config, SFTConfig
-from cm3leon_jax.data import cm3 as cm3_lib
-from cm3leon_jax.data import layout, packing, sft_tasks, shards
-from cm3leon_jax.data.cm3 import SpecialIds
+from cm3leon_jax.data.input import cm3 as cm3_lib
+from cm3leon_jax.data.input import layout, packing, sft_tasks
+from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.input.cm3 import SpecialIds
 
 RECORD_BATCH = 32  # records per tf.numpy_function call
 SHUFFLE_BUFFER = 1024  # records in the shuffle buffer (each a few KB of ids)

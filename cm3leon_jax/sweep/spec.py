@@ -3,7 +3,7 @@
 A sweep file `experiments/sweeps/<name>.py` defines `get_sweep()`, returning a list of override
 dicts, one per run, keyed by dotted config fields:
 
-    from cm3leon_jax.sweeps import product, zip_
+    from cm3leon_jax.sweep.spec import product, zip_
 
     def get_sweep():
         return product({"data.image_size": [16, 32]}, zip_({"train.lr": [1e-3, 3e-4],
@@ -11,7 +11,7 @@ dicts, one per run, keyed by dotted config fields:
 
 `product` takes the Cartesian product of its factors and `zip_` pairs them up element by element.
 A factor is either a list of override dicts or a mapping `{field: [values...]}`, which stands for
-one factor per field. The runner (`python -m cm3leon_jax.sweep`, see `sweep.py`) turns each
+one factor per field. The runner (`python -m cm3leon_jax.sweep`, see `sweep/runner.py`) turns each
 override dict into `--config.<field>=<value>` flags and a run directory named after it.
 
 Everything that touches files goes through `etils.epath`, so the sweep root may be `gs://...`.

@@ -14,9 +14,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cm3leon_jax.config import DataConfig
-from cm3leon_jax.data import folder as folder_source
-from cm3leon_jax.data import images, webdataset
-from cm3leon_jax.data.shapes import builder as shapes_builder
+from cm3leon_jax.data.sources import folder as folder_source
+from cm3leon_jax.data.sources import images, webdataset
+from cm3leon_jax.data.sources.shapes import builder as shapes_builder
 
 SPLITS = ("train", "validation", "test")
 
