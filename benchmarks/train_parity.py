@@ -142,7 +142,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from cm3leon_jax import plots
+    from cm3leon_jax import paths, plots
     from cm3leon_jax.data.input import pipeline
     from cm3leon_jax.export import hf_export, train_parity, verify
     from cm3leon_jax.export.param_sources import InMemoryParams
@@ -159,7 +159,7 @@ def main(argv):
         start = time.perf_counter()
         cfg = build_project(root, _SEQ_LEN.value)
         print(f"[train_parity] built the project in {time.perf_counter() - start:.0f} s")
-    prepared = pipeline.prepared_dir(root)
+    prepared = paths.Workdir(root).prepared
     vocab = Vocabulary.load(pipeline.read_manifest(prepared)["vocab"])
     image_range = (vocab.image_offset, vocab.image_offset + vocab.codebook_size)
     vocab_size = vocab.vocab_size

@@ -17,8 +17,9 @@ clear line (`ConfigError`), not a traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags, logging
 import ml_collections
@@ -32,18 +33,54 @@ from cm3leon_jax.parallel import distributed
 EXPERIMENTS = experiment_files.EXPERIMENTS
 
 
+def unknown_overrides(cfg: ml_collections.ConfigDict, argv: Sequence[str]) -> list[str]:
+    """`--config.a.b=v` overrides of `argv` whose field `cfg` lacks, each with what it has."""
+    problems = []
+    for arg in argv:
+        match = re.match(r"--config\.([A-Za-z0-9_.]+)(=|$)", arg)
+        if not match:
+            continue
+        node, walked = cfg, []
+        for part in match.group(1).split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node.keys())) if isinstance(
+                    node, ml_collections.ConfigDict) else "(not a section)"
+                where = "config" + "".join(f".{w}" for w in walked)
+                problems.append(f"--config.{match.group(1)}: {where} has no field {part!r} "
+                                f"(it has: {known})")
+                break
+            node, walked = node[part], walked + [part]
+    return problems
+
+
+def sections_set_on(argv: Sequence[str]) -> list[str]:
+    """The config sections a command line sets a field of (`--config.<section>.<field>=v`)."""
+    found = []
+    for arg in argv:
+        match = re.match(r"--config\.([A-Za-z_][A-Za-z0-9_]*)\.", arg)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found
+
+
 class _CompletingParser(config_flags_lib.ConfigFileFlagParser):
     """Loads the config file, adds every typed section's missing fields with their defaults
-    (`config.complete`), then locks it: so `--config.<section>.<field>=v` works for every field
-    of every section the file has, whatever the file itself spells out."""
+    (`config.complete`), and the typed sections the command line sets a field of when the file
+    has none, then locks it: so `--config.<section>.<field>=v` works for every field of every
+    typed section on every config file, whatever the file itself spells out."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, sys_argv: Optional[list[str]] = None):
         super().__init__(name=name, lock_config=False)
+        self._argv = sys_argv
 
     def parse(self, path):
         loaded = super().parse(path)
         if isinstance(loaded, ml_collections.ConfigDict):
-            config_lib.complete(loaded)
+            argv = self._argv if self._argv is not None else sys.argv
+            config_lib.complete(loaded, add_sections=sections_set_on(argv))
+            problems = unknown_overrides(loaded, argv)
+            if problems:
+                raise ValueError("; ".join(problems))
             loaded.lock()
         return loaded
 
@@ -53,7 +90,7 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS,
     """`--config` (`config_flags.DEFINE_config_file`'s flag, with `_CompletingParser`);
     `sys_argv`: the command line whose `--config.x=v` overrides to accept (default sys.argv)."""
     return flags.DEFINE_flag(config_flags_lib._ConfigFlag(  # noqa: SLF001 - as DEFINE_config_file
-        parser=_CompletingParser("config"), serializer=flags.ArgumentSerializer(), name="config",
+        parser=_CompletingParser("config", sys_argv), serializer=flags.ArgumentSerializer(), name="config",
         default=None, accept_new_attributes=False, flag_values=flag_values, sys_argv=sys_argv,
         help_string="Config file: experiments/<name>.py[:arg]. Override fields with --config.a.b=v."),
         flag_values)

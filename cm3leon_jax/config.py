@@ -1205,11 +1205,17 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
-def complete(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def complete(cfg: ml_collections.ConfigDict,
+             add_sections: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Adds every field a typed section lacks, with its default, to each section `cfg` has, in
     place (and returns `cfg`): a config file need only write what it changes, and every field
     is still settable from the command line (`--config.data.folder=...`: ml_collections only
-    overrides fields that exist). Typed reads (`section`) give the same values either way."""
+    overrides fields that exist). `add_sections`: typed sections to add whole, with their
+    defaults, when the file has none (those the command line sets a field of). Typed reads
+    (`section`) give the same values either way."""
+    for name in add_sections:
+        if name in SECTIONS and name not in cfg:
+            cfg[name] = ml_collections.ConfigDict()
     for name, cls in SECTIONS.items():
         if name not in cfg or not isinstance(cfg[name], ml_collections.ConfigDict):
             continue

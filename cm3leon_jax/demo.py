@@ -29,7 +29,7 @@ from absl import logging
 from etils import epath
 import ml_collections
 
-from cm3leon_jax import cli, config, results, visualize
+from cm3leon_jax import cli, config, paths, results, visualize
 from cm3leon_jax.data import sources
 from cm3leon_jax.data.sources.shapes import builder as shapes_builder
 from cm3leon_jax.data.sources.shapes import verifier
@@ -41,7 +41,7 @@ def data_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     sizes = {split: sources.split_size(data, workdir, split) for split in sources.SPLITS}
     logging.info("data set %s: %s", ready.info.full_name, sizes)
     examples = list(sources.numpy_examples(data, workdir, "train", limit=cfg.demo.grid_examples))
-    grid = epath.Path(workdir) / "demo" / "examples.png"
+    grid = paths.Workdir(workdir).demo / "examples.png"
     visualize.save_grid(grid, [e["image"] for e in examples], [e["caption"] for e in examples])
     figures = {f"{split}_examples": n for split, n in sizes.items()}
     if data.source == "shapes":
@@ -58,7 +58,7 @@ def tokenizer_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.tokenizers import train_all  # noqa: PLC0415 - stage imports stay lazy
 
     artefacts = train_all.train_tokenizers(cfg, workdir)
-    target = epath.Path(workdir) / "demo" / "reconstructions.png"
+    target = paths.Workdir(workdir).demo / "reconstructions.png"
     target.write_bytes(epath.Path(artefacts.reconstructions_png).read_bytes())
     vq = artefacts.figures["vqgan"]
     verdict = (f"verifier exact-match on reconstructions {vq['verifier_exact_match']:.2f}"
@@ -82,7 +82,7 @@ def prepare_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.data import prepare  # noqa: PLC0415
 
     figures = prepare.prepare(cfg, workdir)
-    card = epath.Path(workdir) / "DATA_CARD.md"
+    card = paths.Workdir(workdir).data_card_markdown
     print(f"[demo] data card ({card}):\n" + card.read_text())
     return {"kept_train": figures["kept"].get("train", 0),
             "shards_rebuilt": figures["shards_rebuilt"]}
@@ -115,7 +115,7 @@ def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                   retrieval=False, grid_examples=cfg.demo.grid_examples,
                                   top_p=cfg.demo.get("top_p", tasks.EvalSettings.top_p))
     figures = tasks.evaluate(workdir, settings, cfg=cfg)  # SFT prompts take no retrieval
-    out = epath.Path(workdir) / "demo"
+    out = paths.Workdir(workdir).demo
     pictures = []
     for task, name in (("text2image", "text2image.png"), ("caption", "captions.png"),
                        ("edit", "edits.png")):
@@ -169,20 +169,19 @@ def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.superres import stage as superres, upsampler  # noqa: PLC0415
     from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
     from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
-    from cm3leon_jax.tokenizers import train_all, train_vqgan  # noqa: PLC0415
+    from cm3leon_jax.tokenizers import train_vqgan  # noqa: PLC0415
 
-    root = epath.Path(workdir)
     high_cfg, upsampler_cfg = superres_configs(cfg)
-    high_cfg.vqgan_train.init_from = str(root / train_all.TOKENIZERS_DIR / "vqgan")
+    high_cfg.vqgan_train.init_from = str(paths.Workdir(workdir).vqgan_run)
     high, *_ = train_vqgan.train_and_evaluate(
-        high_cfg, str(root / superres.HIGH_TOKENIZER_DEFAULT), data_workdir=workdir)
+        high_cfg, str(paths.Workdir(workdir).high_tokenizer()), data_workdir=workdir)
     trained = superres.run(upsampler_cfg, workdir)
     test = trained[superres.superres_config(upsampler_cfg).eval_split]
     generator = Generator.from_workdir(workdir, retrieval=False)
     up = upsampler.Upsampler.from_workdir(workdir)
     captions = [e["caption"] for e in sources.numpy_examples(
         config.data_config(cfg), workdir, "test", limit=cfg.demo.superres.grid_captions)]
-    target = root / "demo" / "upscaled.png"
+    target = paths.Workdir(workdir).demo / "upscaled.png"
     upsampler.upscaled_text_to_image(generator, up, captions, num_samples=1,
                                      sampling=SamplingConfig(cfg_scale=3.0, top_p=0.9),
                                      out=str(target))
@@ -253,8 +252,8 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         **{f"{k}/{m}": v for k, f in done.items() for m, v in f.items()}})
     skipped = [s for s in STAGES if s not in done]
     print(f"[demo] finished {len(done)} stage(s) in {total:.0f} s ({seconds}); skipped: "
-          f"{', '.join(skipped) or 'none'}; pictures in {epath.Path(workdir) / 'demo'}, figures in "
-          f"{epath.Path(workdir) / 'metrics.json'}")
+          f"{', '.join(skipped) or 'none'}; pictures in {paths.Workdir(workdir).demo}, figures in "
+          f"{paths.Workdir(workdir).metrics}")
 
 
 if __name__ == "__main__":

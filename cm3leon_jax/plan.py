@@ -36,12 +36,12 @@ def main(cfg: ml_collections.ConfigDict, workdir: Optional[str]) -> None:
     del workdir
     model = model_config(cfg)
     base_mesh = mesh_config(cfg)
-    if FLAGS.mesh:
-        mesh = parse_mesh(FLAGS.mesh, base_mesh)
-    else:
-        shape = mesh_lib.resolve_mesh_shape(base_mesh, jax.device_count())
-        mesh = dataclasses.replace(base_mesh, **dict(zip(MESH_AXES, shape)))
     try:
+        if FLAGS.mesh:
+            mesh = parse_mesh(FLAGS.mesh, base_mesh)
+        else:
+            shape = mesh_lib.resolve_mesh_shape(base_mesh, jax.device_count())
+            mesh = dataclasses.replace(base_mesh, **dict(zip(MESH_AXES, shape)))
         plan = make_plan(model, mesh, FLAGS.batch_size, FLAGS.seq_len)
     except ValueError as error:
         if isinstance(error, ConfigError):

@@ -12,10 +12,9 @@ grid of text-to-image samples for fixed validation captions to TensorBoard (`tra
 
 from __future__ import annotations
 
-from etils import epath
 import ml_collections
 
-from cm3leon_jax import cli
+from cm3leon_jax import cli, paths
 from cm3leon_jax.data.input import pipeline
 from cm3leon_jax.train import decoder_task, loop, samples
 
@@ -48,7 +47,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def run_dir(workdir: str) -> str:
-    return str(epath.Path(workdir) / STAGE)
+    return str(paths.Workdir(workdir).run(STAGE))
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:

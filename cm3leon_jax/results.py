@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from cm3leon_jax import paths
+
 
 def _plain(value: Any) -> Any:
     """numpy / jax scalars and arrays to JSON-able Python values (NaN/inf kept as strings)."""
@@ -27,13 +29,13 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(workdir: str) -> dict[str, Any]:
-    path = epath.Path(workdir) / "metrics.json"
+    path = paths.Workdir(workdir).metrics
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_metrics(workdir: str, stage: str, figures: Mapping[str, Any]) -> epath.Path:
     """Writes (atomically, by rename) `figures` under `stage` into `<workdir>/metrics.json`."""
-    path = epath.Path(workdir) / "metrics.json"
+    path = paths.Workdir(workdir).metrics
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = read_metrics(workdir)
     merged[stage] = _plain(dict(figures))

@@ -22,7 +22,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, config, results
+from cm3leon_jax import cli, config, paths, results
 from cm3leon_jax.data.input import pipeline, sft_tasks
 from cm3leon_jax.data.offline import shards
 from cm3leon_jax.train import decoder_task, loop, samples
@@ -83,8 +83,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     sft, coverage = tasks_for_data(setup, config.sft_config(cfg))
     train = setup.train
     if not train.init_from:
-        pretrained = epath.Path(workdir) / "pretrain"
-        if not (pretrained / "checkpoints").exists():
+        pretrained = paths.Workdir(workdir).run("pretrain")
+        if not paths.checkpoints_of(pretrained).exists():
             raise FileNotFoundError(f"no pretraining checkpoint in {pretrained}: run "
                                     "`python -m cm3leon_jax.pretrain` first or set "
                                     "--config.train.init_from")

@@ -1,6 +1,7 @@
 """Config validation: bad values fail before anything is built, naming the field and the fix."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -82,29 +83,54 @@ def _shipped_configs():
     return sorted((REPO / "experiments").glob("*.py"))
 
 
+def _scalar_override(name, field):
+    """`--config.<name>.<field>=<its default>` for a scalar field, else None."""
+    default = field.default
+    if isinstance(default, bool) or not isinstance(default, (int, float, str)):
+        return None
+    return f"--config.{name}.{field.name}={default}"
+
+
 def test_every_field_of_every_section_is_settable_from_the_command_line():
-    """What `cli` does to each shipped config: the file's sections completed, then overrides
-    of any field parse (the README's `--config.data.source=folder --config.data.folder=...`)."""
+    """What `cli` does to each shipped config: the file's sections completed, the sections the
+    command line names added, then overrides of any field of any typed section parse (the
+    README's `--config.data.source=folder --config.data.folder=...`, on every config file)."""
     from absl import flags as absl_flags
     from cm3leon_jax import cli
 
     for path in _shipped_configs():
-        cfg = cli._CompletingParser("config").parse(str(path))  # noqa: SLF001
-        overrides = []
+        cfg = cli._CompletingParser("config", ["prog"]).parse(str(path))  # noqa: SLF001
         for name, cls in config.SECTIONS.items():
             if name in cfg:
                 for field in config.dataclasses.fields(cls):
                     assert field.name in cfg[name], (path.name, name, field.name)
-        if "data" in cfg:
-            overrides = ["--config.data.source=folder", "--config.data.folder=my_data",
-                         "--config.data.max_objects=1"]
+        overrides = ["--config.data.source=folder", "--config.data.folder=my_data",
+                     "--config.data.max_objects=1"]
+        overrides += [override for name, cls in config.SECTIONS.items() if name != "data"
+                      for field in config.dataclasses.fields(cls)
+                      if (override := _scalar_override(name, field))]
         argv = ["prog", f"--config={path}", *overrides]
         values = absl_flags.FlagValues()
         holder = cli.define_config_flag(values, sys_argv=argv)
         values(argv)
-        if "data" in cfg:
-            data = holder.value.data
-            assert (data.source, data.folder, data.max_objects) == ("folder", "my_data", 1)
+        data = holder.value.data
+        assert (data.source, data.folder, data.max_objects) == ("folder", "my_data", 1), path
+        assert set(config.SECTIONS) <= set(holder.value), path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.bogus.x=1", "--config.bogus.x: config has no field 'bogus'"),
+    ("--config.model.no_such_field=1", "config.model has no field 'no_such_field' (it has: "),
+])
+def test_unknown_override_names_the_field(override, message):
+    from absl import flags as absl_flags
+    from cm3leon_jax import cli
+
+    argv = ["prog", f"--config={REPO / 'experiments' / 'cm3leon_350m.py'}", override]
+    values = absl_flags.FlagValues()
+    cli.define_config_flag(values, sys_argv=argv)
+    with pytest.raises(absl_flags.IllegalFlagValueError, match=re.escape(message)):
+        values(argv)
 
 
 def test_demo_settings_are_checked_before_anything_runs():

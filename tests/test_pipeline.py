@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import CM3Config, MeshConfig
 from cm3leon_jax.data.input import cm3, pipeline
 from cm3leon_jax.data.offline import shards
@@ -253,7 +254,7 @@ def test_missing_data_and_fingerprint(tmp_path, prepared):
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert pipeline.data_fingerprint(prepared) == manifest["fingerprint"]
     assert len(manifest["fingerprint"]) == 64
-    assert pipeline.prepared_dir(tmp_path) == tmp_path / "prepared"
+    assert paths.Workdir(tmp_path).prepared == tmp_path / "prepared"
 
 
 def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
@@ -282,7 +283,7 @@ def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
         records.append({"id": f"d{i}", "text": text, "image": image, "retrieved_text": r_text,
                         "retrieved_text_lengths": r_text_lengths, "retrieved_image": r_image,
                         "retrieved_image_lengths": r_image_lengths})
-    root = pipeline.prepared_dir(tmp_path)
+    root = paths.Workdir(tmp_path).prepared
     shards.write_manifest(root, {"train": shards.write_split(root, "train", records, 2)},
                           vocab=str(tmp_path / "vocab"))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from cm3leon_jax import paths
 from cm3leon_jax.data import prepare
 from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
 from cm3leon_jax.retrieval import index, neighbour_table
@@ -25,7 +26,7 @@ def _cfg(**prepare_fields):
 
 def _records(workdir, split):
     out = {}
-    for path in shards.shard_files(prepare.output_dir(workdir), split):
+    for path in shards.shard_files(paths.Workdir(workdir).prepared, split):
         import tensorflow as tf
         for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
             record = shards.parse_numpy(raw)
@@ -34,7 +35,7 @@ def _records(workdir, split):
 
 
 def _shard_bytes(workdir, split):
-    directory = shards.split_dir(prepare.output_dir(workdir), split)
+    directory = shards.split_dir(paths.Workdir(workdir).prepared, split)
     return {p.name: p.read_bytes() for p in sorted(directory.glob("*.tfrecord"))}
 
 
@@ -80,7 +81,7 @@ def test_prepare_writes_shards_manifest_and_card(tmp_path, vocab_dir):
     card = provenance.read_card(str(tmp_path))
     assert card["splits"]["train"]["by_license"] == {"CC0-1.0": 40}
     assert card["shards_fingerprint"] == shards.read_manifest(
-        prepare.output_dir(tmp_path))["fingerprint"]
+        paths.Workdir(tmp_path).prepared)["fingerprint"]
     assert (tmp_path / "DATA_CARD.md").exists()
 
 
@@ -91,9 +92,9 @@ def test_rerun_skips_and_corrupt_shard_is_rebuilt(tmp_path, vocab_dir):
     again = prepare.prepare(cfg, str(tmp_path))
     assert again["shards_rebuilt"] == 0
     name = sorted(before)[1]
-    path = shards.split_dir(prepare.output_dir(tmp_path), "train") / name
+    path = shards.split_dir(paths.Workdir(tmp_path).prepared, "train") / name
     path.write_bytes(path.read_bytes()[:-10])  # truncated: checksum no longer matches
-    (shards.split_dir(prepare.output_dir(tmp_path), "train") / sorted(before)[2]).unlink()
+    (shards.split_dir(paths.Workdir(tmp_path).prepared, "train") / sorted(before)[2]).unlink()
     repaired = prepare.prepare(cfg, str(tmp_path))
     assert repaired["shards_rebuilt"] == 2
     assert _shard_bytes(tmp_path, "train") == before
@@ -175,7 +176,7 @@ def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_d
     cfg = _cfg(vocab_dir=str(vocab_dir), retrieval="off", splits=("train",))
     prepare.prepare(cfg, str(tmp_path))
     assert audit.problems(str(tmp_path)) == []
-    directory = shards.split_dir(prepare.output_dir(tmp_path), "train")
+    directory = shards.split_dir(paths.Workdir(tmp_path).prepared, "train")
     names = sorted(p.name for p in directory.glob("*.tfrecord"))
     (directory / names[0]).write_bytes(b"corrupted")
     (directory / names[1]).unlink()

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from cm3leon_jax import config
+from cm3leon_jax import config, paths
 from cm3leon_jax.config import ModelConfig, TrainConfig
 from cm3leon_jax.data.input import pipeline
 from cm3leon_jax.data import prepare
@@ -68,7 +68,7 @@ def project(tmp_path_factory):
                             vocab_dir=str(root / "vocab"), splits=("train",)))
     cfg.cm3.seq_len = SEQ_LEN
     prepare.prepare(cfg, str(root))
-    return pipeline.prepared_dir(str(root)), vocab, cfg
+    return paths.Workdir(str(root)).prepared, vocab, cfg
 
 
 def _pad_rows(batch, rows, pad_id):

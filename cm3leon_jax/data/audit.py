@@ -14,14 +14,13 @@ import sys
 
 import ml_collections
 
-from cm3leon_jax import cli
+from cm3leon_jax import cli, paths
 from cm3leon_jax.data.offline import provenance, shards
 
 
 def problems(workdir: str) -> list[str]:
-    from cm3leon_jax.data import prepare  # noqa: PLC0415 - Beam import only when auditing
 
-    root = prepare.output_dir(workdir)
+    root = paths.Workdir(workdir).prepared
     try:
         manifest = shards.read_manifest(root)
     except FileNotFoundError as error:

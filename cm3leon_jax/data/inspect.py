@@ -36,7 +36,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli
+from cm3leon_jax import cli, paths
 from cm3leon_jax.config import CM3Config, cm3_config, sft_config
 from cm3leon_jax.data.input import pipeline, sft_tasks
 
@@ -61,12 +61,12 @@ _COMPOSITION = flags.DEFINE_integer(
 
 
 def find_vocab(workdir: str, prepared: epath.Path, override: str = ""):
-    """The vocabulary: `override`, else the one the manifest records, else `<workdir>/vocab`."""
+    """The vocabulary: `override`, else the one the manifest records, else the trained one."""
     from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415 - heavy, only when run
 
     candidates = [override] if override else []
     recorded = pipeline.read_manifest(prepared).get("vocab", "")
-    candidates += [c for c in (recorded, str(epath.Path(workdir) / "tokenizers" / "vocab")) if c]
+    candidates += [c for c in (recorded, str(paths.Workdir(workdir).vocab())) if c]
     for candidate in candidates:
         if (epath.Path(candidate) / "vocab.json").exists():
             return Vocabulary.load(candidate)
@@ -215,7 +215,7 @@ def composition(vocab, prepared, cm3: CM3Config, sft, batches: int, batch_size: 
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-    prepared = pipeline.prepared_dir(workdir)
+    prepared = paths.Workdir(workdir).prepared
     manifest = pipeline.read_manifest(prepared)
     vocab = find_vocab(workdir, prepared, _VOCAB.value)
     cm3 = cm3_config(cfg) if "cm3" in cfg else CM3Config()

@@ -45,22 +45,13 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, compilation_cache, config, results
+from cm3leon_jax import cli, compilation_cache, config, paths, results
 from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
 from cm3leon_jax.data import sources
 
 STAGE = "prepare"
 _REMOVE = flags.DEFINE_string("remove", None, "File of document ids or source URIs to remove "
                               "(one per line); affected shards are rebuilt, the rest kept.")
-
-
-def output_dir(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / "prepared"
-
-
-def vocab_dir(prepare: config.PrepareConfig, workdir: str) -> epath.Path:
-    # Where `tokenizers/train_all.py` saves it.
-    return epath.Path(prepare.vocab_dir or epath.Path(workdir) / "tokenizers" / "vocab")
 
 
 # One vocabulary and VQ-GAN per worker process, shared by every split's stage and thread: each
@@ -288,8 +279,8 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
             ) -> dict:
     data = config.data_config(cfg)
     prep = config.prepare_config(cfg)
-    out = output_dir(workdir)
-    vocab_path = vocab_dir(prep, workdir)
+    out = paths.Workdir(workdir).prepared
+    vocab_path = paths.Workdir(workdir).vocab(prep.vocab_dir)
     if not (vocab_path / "vocab.json").exists():
         raise FileNotFoundError(f"no vocabulary at {vocab_path}: train the tokenizers first "
                                 "(python -m cm3leon_jax.tokenizers.train_vqgan and the text "
@@ -328,7 +319,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
 def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: str,
                  policy: provenance.Policy, tables: dict, building: dict[str, list[int]],
                  vocab_path: str) -> None:
-    out = output_dir(workdir)
+    out = paths.Workdir(workdir).prepared
     # The train split is the memory bank whenever any split being built has neighbours.
     need_bank = any(split in tables for split in building)
     read_splits = sorted(set(building) | ({"train"} if need_bank else set()))
@@ -418,7 +409,7 @@ def write_manifest(out: epath.Path, prep: config.PrepareConfig, policy: provenan
 def write_data_card(workdir: str, data: config.DataConfig, prep: config.PrepareConfig,
                     policy: provenance.Policy, manifest: dict, vocab_path: str,
                     removal_log: list[dict]) -> dict:
-    out = output_dir(workdir)
+    out = paths.Workdir(workdir).prepared
     counts = {}
     for split in prep.splits:
         split_counts = provenance.SplitCounts()

@@ -26,8 +26,8 @@ from typing import Callable, Optional, Sequence
 
 import ml_collections
 
+from cm3leon_jax import paths
 from cm3leon_jax.evaluation import tasks
-from cm3leon_jax.generation import generator as generator_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ def run_table(workdir: str, base: tasks.EvalSettings, grid: Grid = Grid(),
     notes: list[str] = []
     meta: dict = {}
     for stage in grid.stages:
-        if not generator_lib.has_checkpoint(workdir, stage):
+        if not paths.Workdir(workdir).has_checkpoint(stage):
             notes.append(f"{stage}: no checkpoint in {workdir}/{stage}, rows left out")
             continue
         try:

@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax import image_metrics, visualize
+from cm3leon_jax import image_metrics, paths, visualize
 from cm3leon_jax.evaluation import attributes, cider, fid, vqa
 from cm3leon_jax.generation import generator as generator_lib
 from cm3leon_jax.generation.sampling import SamplingConfig
@@ -187,10 +187,10 @@ def run_config(workdir: str, stage: str, cfg: Optional[ml_collections.ConfigDict
     """`cfg` when given, else the config saved with `W/<stage>`'s latest checkpoint."""
     if cfg is not None:
         return cfg
-    meta, _ = generator_lib.read_meta(generator_lib.run_dir(workdir, stage))
+    meta, _ = generator_lib.read_meta(paths.Workdir(workdir).run(stage))
     saved = meta.get("config") or {}
     if "model" not in saved:
-        raise ValueError(f"the checkpoint in {generator_lib.run_dir(workdir, stage)} saved no "
+        raise ValueError(f"the checkpoint in {paths.Workdir(workdir).run(stage)} saved no "
                          "config; pass --config with the file it was trained with")
     return ml_collections.ConfigDict(saved)
 

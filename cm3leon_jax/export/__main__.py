@@ -32,7 +32,7 @@ from typing import Optional
 from absl import app, flags
 import ml_collections
 
-from cm3leon_jax import compilation_cache
+from cm3leon_jax import compilation_cache, paths
 from cm3leon_jax import cli  # noqa: F401 - defines --config and --workdir
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError
@@ -45,16 +45,18 @@ class ExportError(ConfigError):
 
 
 def find_vocabulary(workdir: str, full_config: dict, explicit: Optional[str]):
-    """The run's Vocabulary (or None): --vocab, the prepared data's, the config's, W/vocab."""
+    """The run's Vocabulary (or None): --vocab, the prepared data's, the config's, the
+    workdir's trained one, an imported one."""
     from cm3leon_jax.vocab import VOCAB_FILE, Vocabulary  # noqa: PLC0415
 
     candidates = [explicit] if explicit else []
-    manifest = os.path.join(workdir, "prepared", "manifest.json")
+    work = paths.Workdir(workdir)
+    manifest = str(work.prepared_manifest)
     if os.path.exists(manifest):
         with open(manifest) as handle:
             candidates.append(json.load(handle).get("vocab"))
     candidates.append((full_config.get("prepare") or {}).get("vocab_dir"))
-    candidates.append(os.path.join(workdir, "vocab"))
+    candidates += [str(path) for path in work.vocab_candidates()]
     for candidate in candidates:
         if candidate and os.path.exists(os.path.join(candidate, VOCAB_FILE)):
             return Vocabulary.load(candidate)

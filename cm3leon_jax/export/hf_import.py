@@ -34,6 +34,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from cm3leon_jax import paths
 from cm3leon_jax import config as config_lib, experiment_files
 from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.export import hf_config, hf_tensors, tokenizer_files
@@ -189,7 +190,7 @@ def restore_vocabulary(hf_dir: str, workdir: str) -> Optional[str]:
         return None
     from cm3leon_jax.export import loader  # noqa: PLC0415
 
-    target = os.path.join(workdir, "vocab")
+    target = str(paths.Workdir(workdir).imported_vocab)
     os.makedirs(target, exist_ok=True)
     with open(os.path.join(source, "vocab.json")) as handle:
         layout = json.load(handle)
@@ -223,7 +224,7 @@ def import_hf(hf_dir: str, workdir: str,
     base_model = (config_lib.model_config(full_config) if "model" in full_config
                   else ModelConfig())
     model = hf_config.model_config_from_hf(raw, base_model)
-    checkpoints_dir = os.path.join(workdir, "pretrain", "checkpoints")
+    checkpoints_dir = str(paths.Workdir(workdir).checkpoints("pretrain"))
     if os.path.exists(checkpoints_dir) and os.listdir(checkpoints_dir):
         raise FileExistsError(f"{checkpoints_dir} already holds checkpoints; import into a new "
                               "--workdir (or move them away)")
@@ -231,7 +232,7 @@ def import_hf(hf_dir: str, workdir: str,
     full_config.model = ml_collections.ConfigDict(dataclasses.asdict(model))
     vocab_dir = None
     notes = []
-    if os.path.exists(os.path.join(workdir, "vocab", "vocab.json")):
+    if (paths.Workdir(workdir).imported_vocab / "vocab.json").exists():
         notes.append(f"{workdir}/vocab exists already: the export's tokenizers were not copied")
     else:
         vocab_dir = restore_vocabulary(hf_dir, workdir)

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import ModelConfig
 
 MAX_CARD_METRICS = 40
@@ -177,8 +178,9 @@ def body(model: ModelConfig, report, vocab, data_card: Optional[dict], metrics: 
 def write_model_card(out_dir: str, model: ModelConfig, report, *, vocab=None,
                      workdir: Optional[str] = None, provenance: Optional[dict] = None,
                      dtype: str = "float32", license_id: str = "other") -> str:
-    data_card = _read_json(os.path.join(workdir, "data_card.json")) if workdir else None
-    metrics = _read_json(os.path.join(workdir, "metrics.json")) if workdir else None
+    work = paths.Workdir(workdir) if workdir else None
+    data_card = _read_json(str(work.data_card)) if work else None
+    metrics = _read_json(str(work.metrics)) if work else None
     name = os.path.basename(os.path.abspath(out_dir))
     text = ("---\n" + yaml.safe_dump(header(model, name, license_id, data_card, metrics),
                                      sort_keys=False) + "---\n\n"

@@ -35,6 +35,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from cm3leon_jax import paths
 from cm3leon_jax.train.checkpoint import ITEMS
 
 Path = tuple[str, ...]
@@ -126,11 +127,11 @@ def _manager(checkpoints_dir: epath.Path):
 
 
 def _checkpoint_dirs(workdir: epath.Path, stage: Optional[str]) -> list[tuple[epath.Path, str]]:
-    if (workdir / "checkpoints").exists() or workdir.name == "checkpoints":
+    if paths.checkpoints_of(workdir).exists() or workdir.name == "checkpoints":
         run = workdir if workdir.name != "checkpoints" else workdir.parent
-        return [(run / "checkpoints", run.name)]
+        return [(paths.checkpoints_of(run), run.name)]
     stages = [stage] if stage else ["sft", "pretrain"]
-    return [(workdir / name / "checkpoints", name) for name in stages]
+    return [(paths.Workdir(workdir).checkpoints(name), name) for name in stages]
 
 
 def find_checkpoint(workdir: str, stage: Optional[str] = None,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import config as config_lib
+from cm3leon_jax import config as config_lib, paths
 from cm3leon_jax.config import ModelConfig, SFTConfig
 from cm3leon_jax.generation import constraints as constraints_lib
 from cm3leon_jax.generation import decode as decode_lib
@@ -115,19 +115,10 @@ def generate_text(params, model_cfg: ModelConfig, vocab, prompts: Sequence[np.nd
 # Loading a trained run
 # --------------------------------------------------------------------------------------------------
 
-def run_dir(workdir: str | epath.Path, stage: str) -> epath.Path:
-    return epath.Path(workdir) / stage
-
-
-def has_checkpoint(workdir: str | epath.Path, stage: str) -> bool:
-    directory = run_dir(workdir, stage) / "checkpoints"
-    return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 def default_stage(workdir: str | epath.Path) -> str:
     """"sft" when the workdir has an instruction-tuned checkpoint, else "pretrain"."""
     for stage in ("sft", "pretrain"):
-        if has_checkpoint(workdir, stage):
+        if paths.Workdir(workdir).has_checkpoint(stage):
             return stage
     raise FileNotFoundError(
         f"{workdir} has no checkpoint in sft/ or pretrain/: train a model first, e.g. "
@@ -143,32 +134,35 @@ def read_meta(directory: epath.Path) -> tuple[dict, int]:
 
     from cm3leon_jax.train.checkpoint import ITEMS  # noqa: PLC0415
 
-    with ocp.CheckpointManager(directory / "checkpoints", item_names=ITEMS) as manager:
+    checkpoints = paths.checkpoints_of(directory)
+    with ocp.CheckpointManager(checkpoints, item_names=ITEMS) as manager:
         step = manager.latest_step()
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory / 'checkpoints'}")
+            raise FileNotFoundError(f"no checkpoint in {checkpoints}")
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return meta["meta"], step
 
 
 def load_vocab(workdir: str | epath.Path):
-    """The vocabulary named by `W/prepared/manifest.json` ("vocab"), else `W/vocab`."""
+    """The vocabulary named by `W/prepared/manifest.json` ("vocab"), else the trained one
+    (`W/tokenizers/vocab`), else an imported one (`W/vocab`)."""
     import json  # noqa: PLC0415
 
     from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
 
-    manifest = epath.Path(workdir) / "prepared" / "manifest.json"
+    work = paths.Workdir(workdir)
+    manifest = work.prepared_manifest
     if manifest.exists():
         named = json.loads(manifest.read_text()).get("vocab")
         if named:
             return Vocabulary.load(named)
-    fallback = epath.Path(workdir) / "vocab"
-    if not (fallback / "vocab.json").exists():
-        raise FileNotFoundError(f"no vocabulary: {manifest} names none and {fallback} has none; "
-                                "train the tokenizers first: python -m "
-                                "cm3leon_jax.tokenizers.train_all --config ... --workdir "
-                                f"{workdir}")
-    return Vocabulary.load(fallback)
+    found = paths.first_existing(work.vocab_candidates(), "vocab.json")
+    if found is None:
+        raise FileNotFoundError(
+            f"no vocabulary: {manifest} names none and neither of "
+            f"{', '.join(map(str, work.vocab_candidates()))} has one; train the tokenizers "
+            f"first: python -m cm3leon_jax.tokenizers.train_all --config ... --workdir {workdir}")
+    return Vocabulary.load(found)
 
 
 @dataclasses.dataclass
@@ -220,16 +214,16 @@ class Generator:
         stage = stage or default_stage(workdir)
         if stage not in prompts_lib.STAGES:
             raise ValueError(f"stage must be one of {prompts_lib.STAGES}, got {stage!r}")
-        if not has_checkpoint(workdir, stage):
+        if not paths.Workdir(workdir).has_checkpoint(stage):
             command = "sft --config experiments/sft_tiny.py" if stage == "sft" else \
                 "pretrain --config experiments/pretrain_tiny.py"
-            raise FileNotFoundError(f"{run_dir(workdir, stage)} has no checkpoint: run `python -m "
+            raise FileNotFoundError(f"{paths.Workdir(workdir).run(stage)} has no checkpoint: run `python -m "
                                     f"cm3leon_jax.{command} --workdir {workdir}` first")
-        meta, step = read_meta(run_dir(workdir, stage))
+        meta, step = read_meta(paths.Workdir(workdir).run(stage))
         if cfg is None:
             saved = meta.get("config") or {}
             if "model" not in saved:
-                raise ValueError(f"the checkpoint in {run_dir(workdir, stage)} saved no config; "
+                raise ValueError(f"the checkpoint in {paths.Workdir(workdir).run(stage)} saved no config; "
                                  "pass --config with the file it was trained with")
             cfg = ml_collections.ConfigDict(saved)
         model_cfg = config_lib.model_config(cfg)
@@ -237,7 +231,7 @@ class Generator:
         if model_cfg.vocab_size < vocab.vocab_size:
             raise ValueError(f"model vocab_size {model_cfg.vocab_size} < the vocabulary's "
                              f"{vocab.vocab_size} ids: the vocabulary does not belong to it")
-        params, step = restore_params(str(run_dir(workdir, stage)))
+        params, step = restore_params(str(paths.Workdir(workdir).run(stage)))
         params = jax.tree.map(jnp.asarray, params)
         special = prompts_lib.special_ids(vocab)
         retriever = PromptRetriever.from_workdir(workdir, cfg, special) if retrieval else None

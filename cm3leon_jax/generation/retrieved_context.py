@@ -23,7 +23,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import config as config_lib
+from cm3leon_jax import config as config_lib, paths
 from cm3leon_jax.data.input import layout, sft_tasks
 from cm3leon_jax.data.input.cm3 import SpecialIds
 from cm3leon_jax.retrieval import encoder, index, rules
@@ -106,7 +106,7 @@ class PromptRetriever:
                                          search_batch_size=retrieval.search_batch_size)
         finder = retriever.Retriever(biencoder, bank, rules.Rules.from_config(retrieval),
                                      retrieval.num_candidates)
-        return cls(finder, DocumentStore(epath.Path(workdir) / "prepared"), special)
+        return cls(finder, DocumentStore(paths.Workdir(workdir).prepared), special)
 
     @property
     def biencoder(self) -> encoder.BiEncoder:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import RetrievalConfig, fail
 from cm3leon_jax.retrieval import byte_tokenizer
 
@@ -421,7 +422,7 @@ def fingerprint(arch: ClipArchitecture, params: Params) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def encoder_dir(retrieval: RetrievalConfig, workdir: str) -> epath.Path:
-    return epath.Path(retrieval.encoder_dir or epath.Path(workdir) / "retrieval_encoder")
+    return paths.Workdir(workdir).retrieval_encoder(retrieval.encoder_dir)
 
 
 def load_trained(directory: str | epath.Path) -> BiEncoder:

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import RetrievalConfig
 
 FORMAT_VERSION = 2  # 2: provenance.json, policy and exclusions in the manifest
@@ -148,7 +149,7 @@ def parameters_for(retrieval: RetrievalConfig, corpus_size: int) -> IndexParamet
 
 
 def index_dir(retrieval: RetrievalConfig, workdir: str) -> epath.Path:
-    return epath.Path(retrieval.index_dir or epath.Path(workdir) / "retrieval_index")
+    return paths.Workdir(workdir).retrieval_index(retrieval.index_dir)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Optional
 from etils import epath
 import numpy as np
 
-from cm3leon_jax import config
+from cm3leon_jax import config, paths
 from cm3leon_jax.progress import Progress
 from cm3leon_jax.retrieval import index, rules
 
@@ -94,4 +94,4 @@ def compute_neighbours(bank: index.RetrievalIndex, query_embeddings: np.ndarray,
 
 
 def table_path(retrieval: config.RetrievalConfig, workdir: str, split: str) -> epath.Path:
-    return index.index_dir(retrieval, workdir) / f"neighbours_{split}.npz"
+    return paths.Workdir(workdir).neighbour_table(split, retrieval.index_dir)

@@ -40,14 +40,13 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import image_metrics, results
+from cm3leon_jax import image_metrics, paths, results
 from cm3leon_jax.superres import upsampler
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError
 from cm3leon_jax.superres import pairs as superres_pairs
 
 STAGE = "superres"
-HIGH_TOKENIZER_DEFAULT = "tokenizers_hr"  # W/<this>: where experiments/vqgan_shapes_64.py trains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +101,7 @@ def superres_config(cfg: ml_collections.ConfigDict) -> SuperresConfig:
 
 
 def run_dir(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / upsampler.RUN_DIR
+    return paths.Workdir(workdir).run(paths.SUPERRES_RUN)
 
 
 def _base_vocab(sr: SuperresConfig, workdir: str):
@@ -116,7 +115,7 @@ def _check_resume(directory: epath.Path, low_fp: str, high_fp: str, sr: Superres
     """A run directory with checkpoints keeps its tokenizers and its prompt format: say so before
     the export is overwritten (the checkpoint would then be read with prompts it never saw)."""
     meta_file = directory / upsampler.EXPORT_DIR / upsampler.META_FILE
-    if not meta_file.exists() or not (directory / "checkpoints").exists():
+    if not meta_file.exists() or not paths.checkpoints_of(directory).exists():
         return
     saved = json.loads(meta_file.read_text())
     if saved.get("format_version", 1) != upsampler.FORMAT_VERSION:
@@ -219,7 +218,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     directory = run_dir(workdir)
     base_vocab = _base_vocab(sr, workdir)
     low_path = sr.low_tokenizer or base_vocab.image_tokenizer_path
-    high_path = sr.high_tokenizer or str(epath.Path(workdir) / HIGH_TOKENIZER_DEFAULT)
+    high_path = str(paths.Workdir(workdir).high_tokenizer(sr.high_tokenizer))
     if not low_path:
         raise ConfigError("config.superres.low_tokenizer is empty and the base vocabulary names "
                           "no image tokenizer")

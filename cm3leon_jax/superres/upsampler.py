@@ -57,12 +57,11 @@ from typing import Optional, Sequence
 from etils import epath
 import numpy as np
 
-from cm3leon_jax import vocab as vocab_lib
+from cm3leon_jax import paths, vocab as vocab_lib
 from cm3leon_jax.generation.sampling import SamplingConfig
 from cm3leon_jax.models import kv_cache
 
-RUN_DIR = "superres"  # the stage's run directory inside a project workdir
-EXPORT_DIR = "upsampler"  # inside the run directory
+EXPORT_DIR = paths.UPSAMPLER_EXPORT  # inside the superres run directory
 META_FILE = "upsampler.json"
 LOW_TOKENIZER, HIGH_TOKENIZER = "low_tokenizer", "high_tokenizer"
 FORMAT_VERSION = 2  # 2: caption first, aligned low codes (1: compact low grid first)
@@ -341,14 +340,14 @@ class Upsampler:
         import ml_collections  # noqa: PLC0415
 
         from cm3leon_jax import config as config_lib  # noqa: PLC0415
-        from cm3leon_jax.generation.generator import has_checkpoint, read_meta  # noqa: PLC0415
+        from cm3leon_jax.generation.generator import read_meta  # noqa: PLC0415
         from cm3leon_jax.train.checkpoint import restore_params  # noqa: PLC0415
 
         run = epath.Path(workdir)
-        if not (run / EXPORT_DIR).exists() and (run / RUN_DIR / EXPORT_DIR).exists():
-            run = run / RUN_DIR
+        if not (run / EXPORT_DIR).exists() and paths.Workdir(run).upsampler.exists():
+            run = paths.Workdir(run).run(paths.SUPERRES_RUN)
         vocab, meta = load_export(run / EXPORT_DIR)
-        if not has_checkpoint(run.parent, run.name):
+        if not paths.Workdir(run.parent).has_checkpoint(run.name):
             raise FileNotFoundError(f"{run} has no checkpoint: run `python -m cm3leon_jax.superres "
                                     f"--config experiments/superres_shapes.py --workdir "
                                     f"{run.parent}` first")

@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, results
+from cm3leon_jax import cli, paths, results
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import TextTokenizerConfig, VocabConfig
 from cm3leon_jax.tokenizers import grids, train_vqgan
@@ -32,7 +31,6 @@ from cm3leon_jax.tokenizers.image_tokenizer import EXPORT_DIR
 from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Vocabulary
 
-TOKENIZERS_DIR = "tokenizers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +69,11 @@ def text_figures(cfg: ml_collections.ConfigDict, workdir: str, vocab: Vocabulary
 def train_tokenizers(cfg: ml_collections.ConfigDict, workdir: str) -> TokenizerArtefacts:
     """Trains the VQ-GAN and the text tokenizer, saves the vocabulary, writes the PNG grid."""
     start = time.perf_counter()
-    root = epath.Path(workdir) / TOKENIZERS_DIR
-    vqgan_dir = root / "vqgan"
+    work = paths.Workdir(workdir)
+    vqgan_dir = work.vqgan_run
     vqgan_figures, _, images, reconstructions = train_vqgan.train_and_evaluate(
         cfg, str(vqgan_dir), data_workdir=workdir)
-    png = grids.save_png(root / "reconstructions.png", grids.comparison_grid(
+    png = grids.save_png(work.reconstructions, grids.comparison_grid(
         images[:train_vqgan.GRID_IMAGES], reconstructions[:train_vqgan.GRID_IMAGES], columns=8,
         scale=4))
 
@@ -83,7 +81,7 @@ def train_tokenizers(cfg: ml_collections.ConfigDict, workdir: str) -> TokenizerA
     vocab_cfg = (config_lib.section(cfg, "vocab", VocabConfig) if "vocab" in cfg
                  else VocabConfig())
     vocab = Vocabulary.build(text, str(vqgan_dir / EXPORT_DIR), vocab_cfg)
-    vocab_dir = vocab.save(root / "vocab")
+    vocab_dir = vocab.save(work.vocab())
 
     text_stats = text_figures(cfg, workdir, vocab)
     text_stats["seconds_total_tokenizers"] = round(time.perf_counter() - start, 1)

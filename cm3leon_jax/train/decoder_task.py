@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cm3leon_jax import paths
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.models import accounting, backward, loss as loss_lib
 from cm3leon_jax.models.decoder import Decoder
@@ -126,7 +127,7 @@ class Setup:
         if self.cm3.seq_len > self.model.max_seq_len:
             config_lib.fail("cm3.seq_len", self.cm3.seq_len,
                             f"exceeds config.model.max_seq_len={self.model.max_seq_len}")
-        self.prepared = pipeline.prepared_dir(workdir)
+        self.prepared = paths.Workdir(workdir).prepared
         manifest = pipeline.read_manifest(self.prepared)
         self.vocab = Vocabulary.load(manifest["vocab"])
         if self.model.vocab_size < self.vocab.vocab_size:

@@ -79,11 +79,6 @@ SFT_ROW_FEATURES = ROW_FEATURES + ("task_ids",)
 # Prepared data: where it is, its fingerprint, which part this host reads
 # --------------------------------------------------------------------------------------------------
 
-def prepared_dir(workdir: str | epath.Path) -> epath.Path:
-    """`<workdir>/prepared`, where `python -m cm3leon_jax.data.prepare` writes the shards."""
-    return epath.Path(workdir) / "prepared"
-
-
 def read_manifest(prepared: str | epath.Path) -> dict:
     """The manifest; a clear FileNotFoundError (saying to run prepare) when there is none."""
     return shards.read_manifest(prepared)

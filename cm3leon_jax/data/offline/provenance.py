@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Optional
 
 from etils import epath
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import DataConfig
 
 UNKNOWN = "unknown"
@@ -56,7 +57,7 @@ class Policy:
     @classmethod
     def of_workdir(cls, data: DataConfig, workdir: str) -> "Policy":
         """The config's licence policy plus every removal recorded in <workdir>/prepared."""
-        return cls.from_config(data, recorded_removals(epath.Path(workdir) / "prepared")[0])
+        return cls.from_config(data, recorded_removals(paths.Workdir(workdir).prepared)[0])
 
     def verdict(self, doc: Mapping[str, str]) -> Optional[str]:
         """None if the document may be used, else the exclusion reason."""
@@ -130,10 +131,10 @@ def write_card(workdir: str, *, data_set: str, policy: Policy, splits: Mapping[s
         "shards_fingerprint": shards_fingerprint,
         "removals": list(removals_log),
     }
-    root = epath.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    (root / "DATA_CARD.md").write_text(card_markdown(card))
+    work = paths.Workdir(workdir)
+    work.root.mkdir(parents=True, exist_ok=True)
+    work.data_card.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    work.data_card_markdown.write_text(card_markdown(card))
     return card
 
 
@@ -167,7 +168,7 @@ def card_markdown(card: Mapping) -> str:
 
 
 def read_card(workdir: str) -> dict:
-    path = epath.Path(workdir) / "data_card.json"
+    path = paths.Workdir(workdir).data_card
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `python -m cm3leon_jax.data.prepare` "
                                 "first")

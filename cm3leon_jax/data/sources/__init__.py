@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import DataConfig
 from cm3leon_jax.data.sources import folder as folder_source
 from cm3leon_jax.data.sources import images, webdataset
@@ -24,7 +24,7 @@ tfds.disable_progress_bar()  # our own Progress lines and logs say what is happe
 
 
 def data_dir(data: DataConfig, workdir: str) -> str:
-    return data.data_dir or str(epath.Path(workdir) / "tfds")
+    return str(paths.Workdir(workdir).tfds(data.data_dir))
 
 
 def builder(data: DataConfig, workdir: str) -> tfds.core.DatasetBuilder:
