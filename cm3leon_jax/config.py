@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Literal, Optional, Sequence, TypeVar
 
 import ml_collections
 
@@ -72,10 +72,13 @@ _SCALARS = (int, float, str, bool)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """Checks `value` against a (string-evaluated) dataclass annotation; ints are valid floats."""
+    """Checks `value` against a (string-evaluated) dataclass annotation; ints are valid floats,
+    a Literal's value must be one of its values."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         return any(_type_ok(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
@@ -92,10 +95,14 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation in _SCALARS:
         return isinstance(value, annotation)
-    return True
+    # A field type this check does not know would accept anything: refuse it where it is written.
+    raise TypeError(f"config fields of type {annotation!r} are not checked; use a scalar, "
+                    "Optional, Literal or a tuple of those")
 
 
 def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
@@ -124,7 +131,8 @@ def from_dict(raw: Any, cls: type[S], prefix: str) -> S:
         if isinstance(value, list):
             value = tuple(value)
         if not _type_ok(value, annotation):
-            fail(f"{prefix}.{key}", value, f"must be of type {_describe(annotation)}")
+            kind = "" if typing.get_origin(annotation) is Literal else "of type "
+            fail(f"{prefix}.{key}", value, f"must be {kind}{_describe(annotation)}")
         if annotation is float and isinstance(value, int):
             value = float(value)
         values[key] = value
@@ -139,10 +147,12 @@ def from_dict(raw: Any, cls: type[S], prefix: str) -> S:
 
 
 # --------------------------------------------------------------------------------------------------
-# data: which documents to read (issue 3; provenance fields from issue 14)
+# data: which documents to read, with their provenance
 # --------------------------------------------------------------------------------------------------
 
-DATA_SOURCES = ("shapes", "folder", "tfds", "webdataset")
+Split = Literal["train", "validation", "test"]
+DataSource = Literal["shapes", "folder", "tfds", "webdataset"]
+DATA_SOURCES = typing.get_args(DataSource)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +187,7 @@ class DataConfig(Section):
       gs://. Splits by a hash of the key, as for folders.
     """
 
-    source: str = "shapes"
+    source: DataSource = "shapes"
     image_size: int = 32
     num_train: int = 2000
     num_validation: int = 200
@@ -201,7 +211,6 @@ class DataConfig(Section):
     webdataset: str = ""
 
     def check(self, prefix: str) -> None:
-        require_choice(f"{prefix}.source", self.source, DATA_SOURCES)
         require_range(f"{prefix}.image_size", self.image_size, 16, 256)
         require_divisible(f"{prefix}.image_size", self.image_size, "(the VQ-GAN's minimum factor)", 8)
         for split in ("num_train", "num_validation", "num_test"):
@@ -227,6 +236,9 @@ def data_config(cfg: ml_collections.ConfigDict) -> DataConfig:
     return section(cfg, "data", DataConfig)
 
 
+PrepareRetrieval = Literal["auto", "required", "off"]
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig(Section):
     """Offline data preparation (`python -m cm3leon_jax.data.prepare`, an Apache Beam pipeline).
@@ -245,19 +257,16 @@ class PrepareConfig(Section):
 
     num_shards: int = 4
     encode_batch_size: int = 64
-    splits: tuple[str, ...] = ("train", "validation", "test")
+    splits: tuple[Split, ...] = ("train", "validation", "test")
     vocab_dir: str = ""
-    retrieval: str = "auto"
+    retrieval: PrepareRetrieval = "auto"
     beam_options: tuple[str, ...] = ()
 
     def check(self, prefix: str) -> None:
         require_positive(f"{prefix}.num_shards", self.num_shards)
         require_positive(f"{prefix}.encode_batch_size", self.encode_batch_size)
-        for split in self.splits:
-            require_choice(f"{prefix}.splits", split, ("train", "validation", "test"))
         if not self.splits:
             fail(f"{prefix}.splits", self.splits, "must name at least one split")
-        require_choice(f"{prefix}.retrieval", self.retrieval, ("auto", "required", "off"))
 
 
 def prepare_config(cfg: ml_collections.ConfigDict) -> PrepareConfig:
@@ -265,19 +274,19 @@ def prepare_config(cfg: ml_collections.ConfigDict) -> PrepareConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sections added by later stages. Each block below is owned by one stage; keep them in this order.
+# model + mesh: the decoder and how it is laid out on devices
 # --------------------------------------------------------------------------------------------------
 
-# <<section:model>>
-# --------------------------------------------------------------------------------------------------
-# model + mesh: the decoder and how it is laid out on devices (issue 5)
-# --------------------------------------------------------------------------------------------------
-
-MODEL_PRESETS = ("cm3leon", "chameleon")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-PARAM_DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+ModelPreset = Literal["cm3leon", "chameleon"]
+MODEL_PRESETS = typing.get_args(ModelPreset)
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+COMPUTE_DTYPES = typing.get_args(ComputeDtype)
+ParamDtype = Literal["float32", "bfloat16"]
+PARAM_DTYPES = typing.get_args(ParamDtype)
+RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+REMAT_POLICIES = typing.get_args(RematPolicy)
+AttentionImplementation = Literal["auto", "xla", "cudnn", "splash"]
+ATTENTION_IMPLEMENTATIONS = typing.get_args(AttentionImplementation)
 # What the Pallas splash kernel (`models/attention.py`) tiles: sequences in blocks of a multiple of
 # 128 tokens (the TPU's vector lane width), heads of a multiple of 64 wide (narrower heads are
 # padded to a lane inside the kernel; 64 and multiples of 128 are the widths it is used with).
@@ -349,7 +358,7 @@ class ModelConfig(Section):
       either way (tested against torch).
     """
 
-    preset: str = "cm3leon"
+    preset: ModelPreset = "cm3leon"
     vocab_size: int = 65536
     num_layers: int = 24
     d_model: int = 1024
@@ -359,12 +368,12 @@ class ModelConfig(Section):
     mlp_dim: int = 0
     max_seq_len: int = 4096
     tie_embeddings: bool = True
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"
+    dtype: ComputeDtype = "float32"
+    param_dtype: ParamDtype = "float32"
+    remat: RematPolicy = "none"
     scan_layers: bool = True
     z_loss: float = 0.0
-    attention: str = "xla"
+    attention: AttentionImplementation = "xla"
     swin_norm: bool = False
     qk_norm: bool = False
     rope_theta: float = 10000.0
@@ -394,7 +403,6 @@ class ModelConfig(Section):
         return 4 * self.d_model
 
     def check(self, prefix: str) -> None:
-        require_choice(f"{prefix}.preset", self.preset, MODEL_PRESETS)
         for name in ("vocab_size", "num_layers", "d_model", "num_heads", "max_seq_len"):
             require_positive(f"{prefix}.{name}", getattr(self, name))
         require_positive(f"{prefix}.num_kv_heads", self.num_kv_heads, allow_zero=True)
@@ -408,10 +416,6 @@ class ModelConfig(Section):
         if self.preset == "chameleon" and self.resolved_head_dim % 2:
             fail(f"{prefix}.head_dim", self.head_dim,
                  f"RoPE needs an even head width, and it resolves to {self.resolved_head_dim}")
-        require_choice(f"{prefix}.dtype", self.dtype, COMPUTE_DTYPES)
-        require_choice(f"{prefix}.param_dtype", self.param_dtype, PARAM_DTYPES)
-        require_choice(f"{prefix}.remat", self.remat, REMAT_POLICIES)
-        require_choice(f"{prefix}.attention", self.attention, ATTENTION_IMPLEMENTATIONS)
         if backward_problem(self.backward):
             fail(f"{prefix}.backward", self.backward, backward_problem(self.backward))
         if self.attention == "splash" and self.resolved_head_dim % SPLASH_HEAD_DIM_MULTIPLE:
@@ -503,16 +507,21 @@ def mesh_config(cfg: ml_collections.ConfigDict) -> MeshConfig:
     return section(cfg, "mesh", MeshConfig)
 
 
-# <<section:tokenizers>>
 # vqgan / vqgan_train / text_tokenizer / vocab: the image and text tokenizers and the id space
-# (issue 4). Code: cm3leon_jax/tokenizers/ and cm3leon_jax/vocab.py.
+# (cm3leon_jax/tokenizers/, cm3leon_jax/vocab.py)
 
-ENCODER_CONTEXTS = ("global", "local")
-CODEBOOK_LOOKUPS = ("cosine", "l2")
-CODEBOOK_UPDATES = ("loss", "ema")
-RECONSTRUCTION_LOSSES = ("l1", "l2")
-RESTART_SAMPLING = ("uniform", "error")
-TEXT_MODEL_TYPES = ("bpe", "unigram")
+EncoderContext = Literal["global", "local"]
+ENCODER_CONTEXTS = typing.get_args(EncoderContext)
+CodebookLookup = Literal["cosine", "l2"]
+CODEBOOK_LOOKUPS = typing.get_args(CodebookLookup)
+CodebookUpdate = Literal["loss", "ema"]
+CODEBOOK_UPDATES = typing.get_args(CodebookUpdate)
+ReconstructionLoss = Literal["l1", "l2"]
+RECONSTRUCTION_LOSSES = typing.get_args(ReconstructionLoss)
+RestartSampling = Literal["uniform", "error"]
+RESTART_SAMPLING = typing.get_args(RestartSampling)
+TextModelType = Literal["bpe", "unigram"]
+TEXT_MODEL_TYPES = typing.get_args(TextModelType)
 # 256 byte pieces + <unk> + room for the corpus's characters and a few merges.
 MIN_TEXT_VOCAB_SIZE = 300
 
@@ -570,17 +579,17 @@ class VQGANConfig(Section):
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = ()
     mid_attention: bool = True
-    encoder_context: str = "global"
+    encoder_context: EncoderContext = "global"
     norm_groups: int = 16
     codebook_size: int = 512
     code_dim: int = 32
-    codebook_lookup: str = "cosine"
-    codebook_update: str = "loss"
+    codebook_lookup: CodebookLookup = "cosine"
+    codebook_update: CodebookUpdate = "loss"
     ema_decay: float = 0.99
     commitment_cost: float = 0.25
     restart_unused_after: int = 200
-    restart_sampling: str = "uniform"
-    reconstruction_loss: str = "l1"
+    restart_sampling: RestartSampling = "uniform"
+    reconstruction_loss: ReconstructionLoss = "l1"
     edge_weight: float = 0.0
     discriminator_start: int = 2000
     discriminator_weight: float = 0.5
@@ -626,18 +635,12 @@ class VQGANConfig(Section):
         if self.codebook_size < 2:
             fail(f"{prefix}.codebook_size", self.codebook_size, "must be >= 2")
         require_positive(f"{prefix}.code_dim", self.code_dim)
-        require_choice(f"{prefix}.encoder_context", self.encoder_context, ENCODER_CONTEXTS)
-        require_choice(f"{prefix}.codebook_lookup", self.codebook_lookup, CODEBOOK_LOOKUPS)
-        require_choice(f"{prefix}.codebook_update", self.codebook_update, CODEBOOK_UPDATES)
         if not 0.0 < self.ema_decay < 1.0:
             fail(f"{prefix}.ema_decay", self.ema_decay, "must be in (0, 1), e.g. 0.99")
         require_positive(f"{prefix}.commitment_cost", self.commitment_cost, allow_zero=True)
         require_positive(f"{prefix}.edge_weight", self.edge_weight, allow_zero=True)
         require_positive(f"{prefix}.restart_unused_after", self.restart_unused_after,
                          allow_zero=True)
-        require_choice(f"{prefix}.restart_sampling", self.restart_sampling, RESTART_SAMPLING)
-        require_choice(f"{prefix}.reconstruction_loss", self.reconstruction_loss,
-                       RECONSTRUCTION_LOSSES)
         require_positive(f"{prefix}.discriminator_start", self.discriminator_start,
                          allow_zero=True)
         require_positive(f"{prefix}.discriminator_weight", self.discriminator_weight,
@@ -723,7 +726,7 @@ class TextTokenizerConfig(Section):
     """
 
     vocab_size: int = 512
-    model_type: str = "bpe"
+    model_type: TextModelType = "bpe"
     corpus: str = ""
     character_coverage: float = 1.0
     max_sentences: int = 0
@@ -734,7 +737,6 @@ class TextTokenizerConfig(Section):
             fail(f"{prefix}.vocab_size", self.vocab_size,
                  f"must be >= {MIN_TEXT_VOCAB_SIZE}: 256 byte-fallback pieces + <unk> + the "
                  "corpus's characters and merges")
-        require_choice(f"{prefix}.model_type", self.model_type, TEXT_MODEL_TYPES)
         require_range(f"{prefix}.character_coverage", self.character_coverage, 0.98, 1.0)
         require_positive(f"{prefix}.max_sentences", self.max_sentences, allow_zero=True)
 
@@ -756,12 +758,12 @@ class VocabConfig(Section):
         require_positive(f"{prefix}.pad_to_multiple", self.pad_to_multiple)
 
 
-# <<section:retrieval>>
 # --------------------------------------------------------------------------------------------------
-# retrieval: bi-encoder, memory-bank index and retrieval rules (issue 6)
+# retrieval: bi-encoder, memory-bank index and retrieval rules
 # --------------------------------------------------------------------------------------------------
 
-RETRIEVAL_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh")
+RetrievalActivation = Literal["quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh"]
+RETRIEVAL_ACTIVATIONS = typing.get_args(RetrievalActivation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -821,7 +823,7 @@ class RetrievalConfig(Section):
     query_dropout: float = 0.2
     num_candidates: int = 128
     query_dropout_seed: int = 0
-    neighbour_splits: tuple[str, ...] = ("train", "validation", "test")
+    neighbour_splits: tuple[Split, ...] = ("train", "validation", "test")
 
     exact_search_below: int = 20000
     index_num_leaves: int = 0
@@ -845,7 +847,7 @@ class RetrievalConfig(Section):
     patch_size: int = 4
     mlp_ratio: int = 4
     projection_dim: int = 128
-    activation: str = "quick_gelu"
+    activation: RetrievalActivation = "quick_gelu"
     encoder_dir: str = ""
 
     train_steps: int = 1000
@@ -902,23 +904,19 @@ class RetrievalConfig(Section):
                  "must be >= 2 (contrastive training needs negatives in the batch)")
         require_positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
         require_positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
-        require_choice(f"{prefix}.activation", self.activation, RETRIEVAL_ACTIVATIONS)
-        for split in self.neighbour_splits:
-            require_choice(f"{prefix}.neighbour_splits", split, ("train", "validation", "test"))
 
 
 def retrieval_config(cfg: ml_collections.ConfigDict) -> RetrievalConfig:
     return section(cfg, "retrieval", RetrievalConfig)
 
 
-# <<section:cm3>>
 
 # --------------------------------------------------------------------------------------------------
-# cm3: document layout, CM3 masking and packing into rows (issue 7; code in cm3leon_jax/data/
-# layout.py, cm3.py, packing.py)
+# cm3: document layout, CM3 masking and packing into rows (cm3leon_jax/data/input/)
 # --------------------------------------------------------------------------------------------------
 
-CM3_OVERLONG_POLICIES = ("truncate", "drop")
+OverlongPolicy = Literal["truncate", "drop"]
+CM3_OVERLONG_POLICIES = typing.get_args(OverlongPolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -961,7 +959,7 @@ class CM3Config(Section):
     seq_len: int = 4096
     pack: bool = True
     allow_split_documents: bool = False
-    overlong: str = "truncate"
+    overlong: OverlongPolicy = "truncate"
     max_open_rows: int = 8
     with_retrieval: bool = True
 
@@ -974,17 +972,15 @@ class CM3Config(Section):
             fail(f"{prefix}.max_span_fraction", self.max_span_fraction, "must be in (0, 1]")
         require_range(f"{prefix}.placeholder_loss_weight", self.placeholder_loss_weight, 0.0, 1.0)
         require_positive(f"{prefix}.seq_len", self.seq_len)
-        require_choice(f"{prefix}.overlong", self.overlong, CM3_OVERLONG_POLICIES)
         require_range(f"{prefix}.max_open_rows", self.max_open_rows, 1, 1024)
 
 
 def cm3_config(cfg: ml_collections.ConfigDict) -> CM3Config:
     return section(cfg, "cm3", CM3Config)
 
-# <<section:train>>
 
 # --------------------------------------------------------------------------------------------------
-# sft: the instruction-tuning mixture and its templates (code in cm3leon_jax/data/input/sft_tasks.py)
+# sft: the instruction-tuning mixture and its templates (cm3leon_jax/data/input/sft_tasks.py)
 # --------------------------------------------------------------------------------------------------
 
 SFT_TASKS = ("text_to_image", "captioning", "vqa", "editing", "grounded_generation")
@@ -1073,8 +1069,10 @@ def sft_config(cfg: ml_collections.ConfigDict) -> SFTConfig:
     return section(cfg, "sft", SFTConfig) if "sft" in cfg else SFTConfig()
 
 
-LR_DECAYS = ("cosine", "linear", "constant")
-NONFINITE_POLICIES = ("stop", "skip")
+LRDecay = Literal["cosine", "linear", "constant"]
+LR_DECAYS = typing.get_args(LRDecay)
+NonfinitePolicy = Literal["stop", "skip"]
+NONFINITE_POLICIES = typing.get_args(NonfinitePolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1108,7 +1106,7 @@ class TrainConfig(Section):
     seed: int = 0
     lr: float = 1e-3
     warmup_steps: int = 10
-    decay: str = "cosine"
+    decay: LRDecay = "cosine"
     end_lr_fraction: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -1117,7 +1115,7 @@ class TrainConfig(Section):
     grad_clip: float = 1.0
     decay_embeddings: bool = False
     decay_norms: bool = False
-    on_nonfinite: str = "stop"
+    on_nonfinite: NonfinitePolicy = "stop"
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 4
@@ -1140,14 +1138,12 @@ class TrainConfig(Section):
         if self.warmup_steps > self.steps:
             fail(f"{prefix}.warmup_steps", self.warmup_steps,
                  f"must not exceed config.{prefix}.steps={self.steps}")
-        require_choice(f"{prefix}.decay", self.decay, LR_DECAYS)
         require_range(f"{prefix}.end_lr_fraction", self.end_lr_fraction, 0.0, 1.0)
         require_range(f"{prefix}.b1", self.b1, 0.0, 0.999999)
         require_range(f"{prefix}.b2", self.b2, 0.0, 0.999999)
         require_positive(f"{prefix}.eps", self.eps)
         require_positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
         require_positive(f"{prefix}.grad_clip", self.grad_clip, allow_zero=True)
-        require_choice(f"{prefix}.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             require_positive(f"{prefix}.{name}", getattr(self, name))
         require_positive(f"{prefix}.eval_every", self.eval_every, allow_zero=True)
@@ -1160,35 +1156,84 @@ def train_config(cfg: ml_collections.ConfigDict) -> TrainConfig:
     return section(cfg, "train", TrainConfig)
 
 
+# sampling: how image and text tokens are drawn, for every command that decodes
+
+
 @dataclasses.dataclass(frozen=True)
-class SamplesConfig(Section):
-    """`config.samples`: image samples written at every eval.
+class SamplingConfig(Section):
+    """How a token is drawn from the (guided, constrained) logits of one step. The field defaults
+    turn each feature off (plain sampling at temperature 1); `IMAGE_SAMPLING` is the setting the
+    commands sample images with unless told otherwise.
+
+    temperature: logits / temperature before sampling; 0 = greedy (argmax).
+    top_k: keep the k most likely tokens (0 = off).
+    top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1 = off).
+    cfg_scale: classifier-free guidance alpha at image-code positions, logits = u + alpha (c - u)
+      with u the unconditional stream (1 = off: the conditional stream alone; the paper's ~3).
+    cd_k / cd_alpha: contrastive decoding TopK at image-code positions: candidates are the tokens
+      whose expert probability is >= cd_alpha * (the cd_k-th largest expert probability), scored
+      log p_expert - log p_amateur (amateur = the unconditional stream). cd_k = 0 turns it off.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    cd_k: int = 0
+    cd_alpha: float = 0.1
+
+    def check(self, prefix: str = "sampling") -> "SamplingConfig":
+        """Raises ConfigError naming the bad field; returns self for chaining."""
+        require_positive(f"{prefix}.temperature", self.temperature, allow_zero=True)
+        require_positive(f"{prefix}.top_k", self.top_k, allow_zero=True)
+        if not 0.0 < self.top_p <= 1.0:
+            fail(f"{prefix}.top_p", self.top_p, "must be in (0, 1] (1 = off)")
+        require_positive(f"{prefix}.cfg_scale", self.cfg_scale, allow_zero=True)
+        require_positive(f"{prefix}.cd_k", self.cd_k, allow_zero=True)
+        require_range(f"{prefix}.cd_alpha", self.cd_alpha, 0.0, 1.0)
+        return self
+
+    @property
+    def uses_unconditional(self) -> bool:
+        """Whether decoding needs the unconditional stream (CFG or CD-K)."""
+        return self.cfg_scale != 1.0 or self.cd_k > 0
+
+    def sampling(self) -> "SamplingConfig":
+        """The sampling fields alone (for sections that extend this one)."""
+        return SamplingConfig(**{field.name: getattr(self, field.name)
+                                 for field in dataclasses.fields(SamplingConfig)})
+
+
+# What `generate`, `evaluate` and the ablation table sample image tokens with by default: CFG 3
+# with nucleus 0.9, the setting docs/RESULTS.md measures. Text is decoded greedily.
+IMAGE_SAMPLING = SamplingConfig(temperature=1.0, top_p=0.9, cfg_scale=3.0)
+# CD-K's k when an evaluation chooses contrastive decoding (`evaluate --decoding=cd_k`).
+CD_K_WHEN_CHOSEN = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplesConfig(SamplingConfig):
+    """`config.samples`: image samples written at every eval; the sampling fields are
+    `SamplingConfig`'s (off by default: plain sampling, so grids show the raw model).
 
     num_captions: validation captions to sample images for (0 = off).
     num_samples: images per caption, best first by mean log-probability (no bi-encoder is loaded
       during training).
-    temperature / top_k / top_p / cfg_scale: the sampling of `generation.SamplingConfig`.
     seed: sampling seed (the same for every eval, so grids differ only by the model).
     scale: nearest-neighbour enlargement of each image in the grid (32x32 images are small).
     """
 
     num_captions: int = 0
     num_samples: int = 2
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    cfg_scale: float = 1.0
     seed: int = 0
     scale: int = 4
 
-    def check(self, prefix: str) -> None:
+    def check(self, prefix: str = "samples") -> "SamplesConfig":
+        super().check(prefix)
         require_positive(f"{prefix}.num_captions", self.num_captions, allow_zero=True)
         require_positive(f"{prefix}.num_samples", self.num_samples)
-        require_positive(f"{prefix}.temperature", self.temperature, allow_zero=True)
-        require_positive(f"{prefix}.top_k", self.top_k, allow_zero=True)
-        require_range(f"{prefix}.top_p", self.top_p, 0.0, 1.0)
-        require_positive(f"{prefix}.cfg_scale", self.cfg_scale, allow_zero=True)
         require_positive(f"{prefix}.scale", self.scale)
+        return self
 
 
 def samples_config(cfg: ml_collections.ConfigDict) -> SamplesConfig:
@@ -1196,12 +1241,121 @@ def samples_config(cfg: ml_collections.ConfigDict) -> SamplesConfig:
     return section(cfg, "samples", SamplesConfig) if "samples" in cfg else SamplesConfig()
 
 
+# superres: the super-resolution stage (cm3leon_jax/superres/)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuperresConfig(Section):
+    """The super-resolution stage (`config.superres`).
+
+    low_tokenizer: the base-resolution VQ-GAN (an export or a train_vqgan workdir); empty = the
+      base vocabulary's (what the base model's codes come from: the only choice that lets
+      `generate --upscale` use the upsampler on the base model's output).
+    high_tokenizer: the high-resolution VQ-GAN; empty = `<workdir>/tokenizers_hr`.
+    vocab_dir: the base vocabulary (text tokenizer and id layout); empty = the one named by
+      `<workdir>/prepared/manifest.json`, else `<workdir>/vocab`.
+    use_caption: condition on the caption too (`caption <break>` before the low codes).
+    caption_dropout: share of training rows whose caption is dropped (so captionless prompts work).
+    max_caption_tokens: captions are cut to this many text ids.
+    seq_len: tokens per row; 0 = the longest row, rounded up to a multiple of 8.
+    encode_batch_size: images per VQ-GAN call when encoding the pairs.
+    eval_split / eval_images (0 = all) / eval_batch_size: the final evaluation.
+    eval_temperature: sampling temperature of the evaluation (0 = greedy).
+    grid_images: test images shown in W/superres/samples.png.
+    """
+
+    low_tokenizer: str = ""
+    high_tokenizer: str = ""
+    vocab_dir: str = ""
+    use_caption: bool = False
+    caption_dropout: float = 0.2
+    max_caption_tokens: int = 48
+    seq_len: int = 0
+    encode_batch_size: int = 100
+    eval_split: str = "test"
+    eval_images: int = 0
+    eval_batch_size: int = 50
+    eval_temperature: float = 0.0
+    grid_images: int = 8
+
+    def check(self, prefix: str) -> None:
+        require_range(f"{prefix}.caption_dropout", self.caption_dropout, 0.0, 1.0)
+        require_positive(f"{prefix}.max_caption_tokens", self.max_caption_tokens)
+        require_positive(f"{prefix}.seq_len", self.seq_len, allow_zero=True)
+        require_positive(f"{prefix}.encode_batch_size", self.encode_batch_size)
+        require_positive(f"{prefix}.eval_images", self.eval_images, allow_zero=True)
+        require_positive(f"{prefix}.eval_batch_size", self.eval_batch_size)
+        require_positive(f"{prefix}.eval_temperature", self.eval_temperature,
+                                    allow_zero=True)
+        require_choice(f"{prefix}.eval_split", self.eval_split,
+                                  ("train", "validation", "test"))
+
+
+def superres_config(cfg: ml_collections.ConfigDict) -> SuperresConfig:
+    return section(cfg, "superres", SuperresConfig)
+
+
+DEMO_STAGES = ("data", "tokenizers", "retrieval", "prepare", "pretrain", "sft", "evaluate",
+               "superres")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(Section):
+    """`config.demo`: what `python -m cm3leon_jax.demo` runs on top of the stages' own sections.
+
+    stages: the stages to run, a prefix of `DEMO_STAGES` in its order (each needs those before).
+    grid_examples: training examples drawn in W/demo/examples.png, and examples per eval grid.
+    eval_examples: test examples the evaluation stage judges (>= 2: FID and CIDEr-D need two).
+    top_p: the image tokens' nucleus mass at evaluation (the demo's model, measured: 0.3).
+    pretrain_train / sft_train: the `config.train` of each training stage.
+    superres: the super-resolution stage's settings (`high_tokenizer_train`: the high-resolution
+      VQ-GAN's `vqgan_train`; `upsampler`: the upsampler's config; `grid_captions`).
+    """
+
+    stages: tuple[str, ...] = DEMO_STAGES
+    grid_examples: int = 16
+    eval_examples: int = 64
+    top_p: float = IMAGE_SAMPLING.top_p
+    # Nested sections, checked by `demo_config` (train) and by the demo where it builds them.
+    pretrain_train: Any = None
+    sft_train: Any = None
+    superres: Any = None
+
+    def check(self, prefix: str) -> None:
+        unknown = [stage for stage in self.stages if stage not in DEMO_STAGES]
+        if unknown:
+            fail(f"{prefix}.stages", self.stages,
+                 f"unknown stage(s) {unknown}; stages in order: {', '.join(DEMO_STAGES)}")
+        require_positive(f"{prefix}.grid_examples", self.grid_examples, allow_zero=True)
+        if "evaluate" in self.stages and self.eval_examples < 2:
+            fail(f"{prefix}.eval_examples", self.eval_examples,
+                 "must be >= 2 (FID and CIDEr-D need two test examples)")
+        if not 0.0 < self.top_p <= 1.0:
+            fail(f"{prefix}.top_p", self.top_p, "must be in (0, 1]: the image tokens' nucleus mass")
+
+
+def demo_config(cfg: ml_collections.ConfigDict) -> DemoConfig:
+    """`config.demo` checked; its nested sections (`pretrain_train`, `sft_train`: TrainConfig;
+    `superres`) are checked by `from_dict` / the demo where it builds their configs."""
+    checked = section(cfg, "demo", DemoConfig)
+    for name in ("pretrain_train", "sft_train"):
+        if getattr(checked, name) is None:
+            raise ConfigError(f"config.demo.{name} is missing: the demo needs the `train` "
+                              "section of that stage")
+        from_dict(getattr(checked, name), TrainConfig, prefix=f"demo.{name}")
+    if "superres" in checked.stages and checked.superres is None:
+        raise ConfigError("config.demo.superres is missing: the demo's super-resolution stage "
+                          "needs its settings")
+    return checked
+
+
 # Every typed top-level section, by its name in the config.
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig, "prepare": PrepareConfig, "model": ModelConfig, "mesh": MeshConfig,
     "vqgan": VQGANConfig, "vqgan_train": VQGANTrainConfig, "text_tokenizer": TextTokenizerConfig,
     "vocab": VocabConfig, "retrieval": RetrievalConfig, "cm3": CM3Config, "sft": SFTConfig,
-    "train": TrainConfig, "samples": SamplesConfig,
+    "train": TrainConfig, "samples": SamplesConfig, "superres": SuperresConfig,
+    "demo": DemoConfig,
 }
 
 

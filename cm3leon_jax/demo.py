@@ -29,7 +29,7 @@ from absl import logging
 from etils import epath
 import ml_collections
 
-from cm3leon_jax import cli, config, paths, results, visualize
+from cm3leon_jax import cli, config, console, paths, results, visualize
 from cm3leon_jax.data import sources
 from cm3leon_jax.data.sources.shapes import builder as shapes_builder
 from cm3leon_jax.data.sources.shapes import verifier
@@ -50,7 +50,7 @@ def data_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         figures["verifier_agreement"] = agree / len(examples)
         logging.info("verifier agrees with the ground truth on %d/%d shown examples", agree,
                      len(examples))
-    print(f"[demo] data: {sizes}; examples with captions -> {grid}")
+    console.say(f"[demo] data: {sizes}; examples with captions -> {grid}")
     return figures
 
 
@@ -63,7 +63,7 @@ def tokenizer_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     vq = artefacts.figures["vqgan"]
     verdict = (f"verifier exact-match on reconstructions {vq['verifier_exact_match']:.2f}"
                if "verifier_exact_match" in vq else vq.get("verifier", "no verifier figure"))
-    print(f"[demo] tokenizers: VQ-GAN PSNR {vq['psnr_db']:.1f} dB, SSIM {vq['ssim']:.3f}, "
+    console.say(f"[demo] tokenizers: VQ-GAN PSNR {vq['psnr_db']:.1f} dB, SSIM {vq['ssim']:.3f}, "
           f"{verdict}; originals over reconstructions -> {target}")
     return {k: v for k, v in vq.items() if isinstance(v, (int, float))}
 
@@ -74,7 +74,7 @@ def retrieval_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     figures = dict(train_encoder.train(cfg, workdir))
     build_index.build(cfg, workdir)
     neighbours.main(cfg, workdir)  # tables for every split in retrieval.neighbour_splits
-    print(f"[demo] retrieval: {', '.join(f'{k} {v:.2f}' for k, v in figures.items() if 'recall' in k)}")
+    console.say(f"[demo] retrieval: {', '.join(f'{k} {v:.2f}' for k, v in figures.items() if 'recall' in k)}")
     return {k: v for k, v in figures.items() if isinstance(v, (int, float))}
 
 
@@ -83,7 +83,7 @@ def prepare_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     figures = prepare.prepare(cfg, workdir)
     card = paths.Workdir(workdir).data_card_markdown
-    print(f"[demo] data card ({card}):\n" + card.read_text())
+    console.say(f"[demo] data card ({card}):\n" + card.read_text())
     return {"kept_train": figures["kept"].get("train", 0),
             "shards_rebuilt": figures["shards_rebuilt"]}
 
@@ -113,7 +113,7 @@ def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     settings = tasks.EvalSettings(num_examples=cfg.demo.eval_examples, seed=0,
                                   retrieval=False, grid_examples=cfg.demo.grid_examples,
-                                  top_p=cfg.demo.get("top_p", tasks.EvalSettings.top_p))
+                                  top_p=config.demo_config(cfg).top_p)
     figures = tasks.evaluate(workdir, settings, cfg=cfg)  # SFT prompts take no retrieval
     out = paths.Workdir(workdir).demo
     pictures = []
@@ -122,14 +122,14 @@ def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         if "grid" in figures.get(task, {}):
             (out / name).write_bytes(epath.Path(figures[task]["grid"]).read_bytes())
             pictures.append(str(out / name))
-    print(f"[demo] evaluate ({figures['stage']}, {settings.num_examples} test examples): "
+    console.say(f"[demo] evaluate ({figures['stage']}, {settings.num_examples} test examples): "
           + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks))
     for sample in figures.get("caption", {}).get("samples", []):
-        print(f"[demo]   caption: {sample['generated']!r} (the scene: {sample['reference']!r})")
+        console.say(f"[demo]   caption: {sample['generated']!r} (the scene: {sample['reference']!r})")
     for sample in figures.get("vqa", {}).get("samples", []):
-        print(f"[demo]   VQA: {sample['question']} -> {sample['generated']!r} "
+        console.say(f"[demo]   VQA: {sample['question']} -> {sample['generated']!r} "
               f"(answer: {sample['answer']!r})")
-    print(f"[demo] pictures: {', '.join(pictures)}")
+    console.say(f"[demo] pictures: {', '.join(pictures)}")
     return {k: v for k, v in tasks.scalars(figures).items() if not k.endswith("/seconds")}
 
 
@@ -176,7 +176,7 @@ def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     high, *_ = train_vqgan.train_and_evaluate(
         high_cfg, str(paths.Workdir(workdir).high_tokenizer()), data_workdir=workdir)
     trained = superres.run(upsampler_cfg, workdir)
-    test = trained[superres.superres_config(upsampler_cfg).eval_split]
+    test = trained[config.superres_config(upsampler_cfg).eval_split]
     generator = Generator.from_workdir(workdir, retrieval=False)
     up = upsampler.Upsampler.from_workdir(workdir)
     captions = [e["caption"] for e in sources.numpy_examples(
@@ -185,7 +185,7 @@ def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     upsampler.upscaled_text_to_image(generator, up, captions, num_samples=1,
                                      sampling=SamplingConfig(cfg_scale=3.0, top_p=0.9),
                                      out=str(target))
-    print(f"[demo] superres: high-res VQ-GAN {high['psnr_db']:.1f} dB; upsampler "
+    console.say(f"[demo] superres: high-res VQ-GAN {high['psnr_db']:.1f} dB; upsampler "
           f"{test['upsampler']['psnr_db']:.1f} dB vs bicubic {test['bicubic']['psnr_db']:.1f} dB "
           f"on {test['num_images']} test images; base next to upscaled -> {target}")
     return {"high_vqgan_psnr_db": high["psnr_db"], "upsampler_steps": trained["steps"],
@@ -212,38 +212,22 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
     train_vqgan.read_config(cfg)  # the VQ-GAN sections, and their image size against the data
     config.section(cfg, "text_tokenizer", config.TextTokenizerConfig)
-    for name in ("pretrain_train", "sft_train"):
-        config.from_dict(cfg.demo[name], config.TrainConfig, prefix=f"demo.{name}")
-    if "superres" in cfg.demo.stages:
-        from cm3leon_jax.superres import stage as superres  # noqa: PLC0415
-
+    demo = config.demo_config(cfg)
+    if "superres" in demo.stages:
         high_cfg, upsampler_cfg = superres_configs(cfg)
         train_vqgan.read_config(high_cfg)
-        superres.superres_config(upsampler_cfg)
+        config.superres_config(upsampler_cfg)
         config.model_config(upsampler_cfg)
         config.train_config(upsampler_cfg)
-    if "evaluate" in cfg.demo.stages:
-        if cfg.demo.get("eval_examples", 0) < 2:
-            config.fail("demo.eval_examples", cfg.demo.get("eval_examples"),
-                        "must be >= 2 (FID and CIDEr-D need two test examples)")
-        from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
-
-        top_p = cfg.demo.get("top_p", tasks.EvalSettings.top_p)
-        if not 0.0 < top_p <= 1.0:
-            config.fail("demo.top_p", top_p, "must be in (0, 1]: the image tokens' nucleus mass")
 
 
 def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     validate(cfg)
-    unknown = [s for s in cfg.demo.stages if s not in STAGES]
-    if unknown:
-        config.fail("demo.stages", tuple(cfg.demo.stages),
-                    f"unknown stage(s) {unknown}; stages in order: {', '.join(STAGES)}")
     start = time.perf_counter()
     done, seconds = {}, {}
     for name in cfg.demo.stages:
         began = time.perf_counter()
-        print(f"[demo] === {name} ===")
+        console.say(f"[demo] === {name} ===")
         done[name] = STAGES[name](cfg, workdir)
         seconds[name] = round(time.perf_counter() - began, 1)
     total = time.perf_counter() - start
@@ -251,7 +235,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         "stages": list(done), "wall_seconds": total, "stage_seconds": seconds,
         **{f"{k}/{m}": v for k, f in done.items() for m, v in f.items()}})
     skipped = [s for s in STAGES if s not in done]
-    print(f"[demo] finished {len(done)} stage(s) in {total:.0f} s ({seconds}); skipped: "
+    console.say(f"[demo] finished {len(done)} stage(s) in {total:.0f} s ({seconds}); skipped: "
           f"{', '.join(skipped) or 'none'}; pictures in {paths.Workdir(workdir).demo}, figures in "
           f"{paths.Workdir(workdir).metrics}")
 

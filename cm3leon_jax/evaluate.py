@@ -29,29 +29,37 @@ import sys
 
 from absl import app, flags
 
-from cm3leon_jax import cli  # also defines --config and --workdir
+from cm3leon_jax import cli, console  # cli also defines --config and --workdir
+from cm3leon_jax.evaluation.tasks import EvalSettings
+
+DEFAULTS = EvalSettings()  # every flag's default is the library's
 
 FLAGS = flags.FLAGS
-_TASKS = flags.DEFINE_list("tasks", "text2image,caption,vqa,edit", "Tasks to evaluate.")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 64, "Test examples per task (first ones).")
+_TASKS = flags.DEFINE_list("tasks", ",".join(DEFAULTS.tasks), "Tasks to evaluate.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", DEFAULTS.num_examples,
+                                     "Test examples per task (first ones).")
 _SEED = flags.DEFINE_integer("seed", 0, "Decoding seed.")
 _STAGE = flags.DEFINE_enum("stage", None, ["pretrain", "sft"],
                            "Which model: default sft if W/sft has a checkpoint, else pretrain.")
 _RETRIEVAL = flags.DEFINE_enum("retrieval", "auto", ["auto", "on", "off"],
                                "Retrieved documents before text2image / caption prompts: auto = "
                                "on for the pretrained model when W has an index, off for SFT.")
-_CFG_SCALE = flags.DEFINE_float("cfg_scale", 3.0, "Classifier-free guidance alpha (1 = off).")
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", DEFAULTS.cfg_scale,
+                                "Classifier-free guidance alpha (1 = off).")
 _DECODING = flags.DEFINE_enum("decoding", "top_p", ["top_p", "cd_k"],
                               "Image-token decoding: nucleus sampling or contrastive TopK.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Image-token temperature.")
-_TOP_P = flags.DEFINE_float("top_p", 0.9, "Nucleus mass (decoding top_p).")
-_CD_K = flags.DEFINE_integer("cd_k", 8, "CD-K's k (decoding cd_k).")
-_CD_ALPHA = flags.DEFINE_float("cd_alpha", 0.1, "CD-K's alpha (decoding cd_k).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Images per prompt (best kept by rerank).")
+_TEMPERATURE = flags.DEFINE_float("temperature", DEFAULTS.temperature, "Image-token temperature.")
+_TOP_P = flags.DEFINE_float("top_p", DEFAULTS.top_p, "Nucleus mass (decoding top_p).")
+_CD_K = flags.DEFINE_integer("cd_k", DEFAULTS.cd_k, "CD-K's k (decoding cd_k).")
+_CD_ALPHA = flags.DEFINE_float("cd_alpha", DEFAULTS.cd_alpha, "CD-K's alpha (decoding cd_k).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", DEFAULTS.num_samples,
+                                    "Images per prompt (best kept by rerank).")
 _QUESTIONS = flags.DEFINE_integer("questions_per_example", 0,
                                   "VQA questions per image (0 = all).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Rows per compiled decoding call.")
-_GRID_EXAMPLES = flags.DEFINE_integer("grid_examples", 8, "Examples drawn in the PNG grids.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", DEFAULTS.batch_size,
+                                   "Rows per compiled decoding call.")
+_GRID_EXAMPLES = flags.DEFINE_integer("grid_examples", DEFAULTS.grid_examples,
+                                      "Examples drawn in the PNG grids.")
 _FID_WEIGHTS = flags.DEFINE_string(
     "fid_weights", "", "FID's Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-"
     "6726825d.pth, or an .npz of it): standard, comparable FID. Empty: the project's features.")
@@ -64,8 +72,6 @@ _TABLE_CFG = flags.DEFINE_list("table_cfg_scales", "1,3,5", "--table: CFG alphas
 
 
 def settings_from_flags():
-    from cm3leon_jax.evaluation.tasks import EvalSettings  # noqa: PLC0415
-
     return EvalSettings(
         num_examples=_NUM_EXAMPLES.value, seed=_SEED.value, stage=_STAGE.value,
         retrieval={"auto": None, "on": True, "off": False}[_RETRIEVAL.value],
@@ -121,7 +127,7 @@ def main(argv: list[str]) -> None:
     try:
         if _TABLE.value:
             out = run_table(FLAGS.workdir)
-            print(f"[evaluate] ablation table -> {out}; figures in "
+            console.say(f"[evaluate] ablation table -> {out}; figures in "
                   f"{os.path.join(FLAGS.workdir, 'metrics.json')} (evaluate_table)")
             return
         from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
@@ -131,7 +137,7 @@ def main(argv: list[str]) -> None:
     except (ConfigError, FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"[evaluate] {figures['stage']} step {figures['step']}, {figures['num_examples']} "
+    console.say(f"[evaluate] {figures['stage']} step {figures['step']}, {figures['num_examples']} "
           f"examples, seed {figures['seed']}: figures in "
           f"{os.path.join(FLAGS.workdir, 'metrics.json')} (evaluate), TensorBoard in "
           f"{os.path.join(FLAGS.workdir, 'evaluate', 'tensorboard')}")

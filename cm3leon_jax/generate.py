@@ -52,6 +52,7 @@ from absl import app, flags
 # the retriever import `cli` too, and absl refuses a flag defined twice). Here `--config` is
 # optional: by default the model's config is the one saved in its checkpoint.
 from cm3leon_jax import cli  # also defines --config and --workdir
+from cm3leon_jax.config import IMAGE_SAMPLING, ConfigError, SamplingConfig
 
 TASKS = ("text2image", "caption", "vqa", "edit", "infill", "upscale")
 IMAGE_TASKS = ("text2image", "edit", "upscale")
@@ -67,12 +68,14 @@ _OUT = flags.DEFINE_string("out", None,
 _STAGE = flags.DEFINE_enum("stage", None, ["pretrain", "sft"],
                            "Which model: default sft if W/sft has a checkpoint, else pretrain.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per prompt (images: 4, text: 1).")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "0 = greedy (images: 1, text: 0).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", None, f"0 = greedy (images: {IMAGE_SAMPLING.temperature:g}, text and upscale: 0).")
+_TOP_P = flags.DEFINE_float(
+    "top_p", None, f"Nucleus sampling mass, 1 = off (images: {IMAGE_SAMPLING.top_p:g}, text: 1).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", None,
                                 "Classifier-free guidance alpha for image tokens "
-                                "(default 3; 1 = off).")
+                                f"(default {IMAGE_SAMPLING.cfg_scale:g}; 1 = off).")
 _CD_K = flags.DEFINE_integer("cd_k", 0, "Contrastive decoding TopK: k (0 = off).")
 _CD_ALPHA = flags.DEFINE_float("cd_alpha", 0.1, "Contrastive decoding TopK: alpha.")
 _RETRIEVAL = flags.DEFINE_enum("retrieval", "auto", ["auto", "on", "off"],
@@ -101,21 +104,34 @@ def _require(value: Optional[str], flag: str, task: str) -> str:
 
 
 def sampling_from_flags(task: str):
-    from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
-
+    """The sampling of `--task`: the flags given, `config.IMAGE_SAMPLING` for image tokens,
+    greedy text."""
     image = task in IMAGE_TASKS
-    temperature = _TEMPERATURE.value if _TEMPERATURE.value is not None else (1.0 if image
-                                                                             else 0.0)
+
+    def given(flag, default):
+        return flag.value if flag.value is not None else default
+
+    top_p = given(_TOP_P, IMAGE_SAMPLING.top_p if image else 1.0)
     if task == "upscale":  # the upsampler has no unconditional stream; greedy by default
         if (_CFG_SCALE.value not in (None, 1.0)) or _CD_K.value:
             raise UsageProblem("--cfg_scale / --cd_k do not apply to --task upscale")
-        return SamplingConfig(temperature=_TEMPERATURE.value or 0.0, top_k=_TOP_K.value,
-                              top_p=_TOP_P.value).check()
-    cfg_scale = _CFG_SCALE.value if _CFG_SCALE.value is not None else (3.0 if image else 1.0)
+        return _checked(SamplingConfig(temperature=given(_TEMPERATURE, 0.0), top_k=_TOP_K.value,
+                                       top_p=given(_TOP_P, 1.0)))
+    temperature = given(_TEMPERATURE, IMAGE_SAMPLING.temperature if image else 0.0)
+    cfg_scale = given(_CFG_SCALE, IMAGE_SAMPLING.cfg_scale if image else 1.0)
     if not image and (cfg_scale != 1.0 or _CD_K.value):
         raise UsageProblem(f"--cfg_scale / --cd_k guide image tokens; --task {task} writes text")
-    return SamplingConfig(temperature=temperature, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                          cfg_scale=cfg_scale, cd_k=_CD_K.value, cd_alpha=_CD_ALPHA.value).check()
+    return _checked(SamplingConfig(temperature=temperature, top_k=_TOP_K.value, top_p=top_p,
+                                   cfg_scale=cfg_scale, cd_k=_CD_K.value,
+                                   cd_alpha=_CD_ALPHA.value))
+
+
+def _checked(sampling: SamplingConfig) -> SamplingConfig:
+    """`sampling`, or a usage error naming the flag (`--top_p=...`) that is out of range."""
+    try:
+        return sampling.check()
+    except ConfigError as error:
+        raise UsageProblem(str(error).replace("config.sampling.", "--")) from None
 
 
 def _read_image(path: str, size: int):

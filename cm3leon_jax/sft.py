@@ -22,7 +22,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, config, paths, results
+from cm3leon_jax import cli, config, console, paths, results
 from cm3leon_jax.data.input import pipeline, sft_tasks
 from cm3leon_jax.data.offline import shards
 from cm3leon_jax.train import decoder_task, loop, samples
@@ -70,7 +70,7 @@ def tasks_for_data(setup, sft: config.SFTConfig) -> tuple[config.SFTConfig, dict
     if not applied:
         raise ValueError("no SFT task with weight > 0 has an example in the prepared data: "
                          + "; ".join(f"{t}: {r}" for t, r in left_out.items()))
-    print(f"[{STAGE}] tasks on this data: " + ", ".join(
+    console.say(f"[{STAGE}] tasks on this data: " + ", ".join(
         f"{t} ({share:.0%} of records)" for t, share in applied.items())
         + ("; left out: " + "; ".join(f"{t} ({r})" for t, r in left_out.items())
            if left_out else ""))

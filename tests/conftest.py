@@ -1,5 +1,11 @@
 """Test set-up shared by every test module.
 
+Layout: `unit/` mirrors the package (in-process tests of one module each); `integration/` holds
+what starts subprocesses or runs a stage end to end. Every test under `integration/`, and the few
+subprocess tests kept beside their unit tests, carry the `integration` marker, so the fast set
+runs alone: `python -m pytest -m "not integration"`. Shared helpers (`tiny_stack`, `toy_task`,
+`user_folder`, `locations`) live in tests/ itself, which is put on sys.path here.
+
 Eight fake CPU devices (big_vision's trick) so sharding logic runs on meshes such as (2, 2, 2) on
 one machine. This must happen before jax is imported anywhere, hence here.
 
@@ -10,12 +16,16 @@ It lives in a temporary directory, never the user's cache.
 """
 
 import os
+import pathlib
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("CM3LEON_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="cm3leon_jax_tests_xla_"))
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the shared helpers
 
 import pytest  # noqa: E402
 
@@ -42,7 +52,13 @@ SLOWEST_FIRST = ("test_user_data.py", "test_recipe_learns.py", "test_vqgan.py",
                  "test_pretrain_sft.py", "test_train_parity.py", "test_accelerator_benchmark.py")
 
 
+INTEGRATION = pathlib.Path(__file__).resolve().parent / "integration"
+
+
 def pytest_collection_modifyitems(config, items):
     del config
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
     rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

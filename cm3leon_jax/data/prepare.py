@@ -45,7 +45,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, compilation_cache, config, paths, results
+from cm3leon_jax import cli, compilation_cache, config, console, paths, results
 from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
 from cm3leon_jax.data import sources
 
@@ -220,7 +220,7 @@ def filter_retrieval_index(cfg: ml_collections.ConfigDict, prepare: config.Prepa
                                    lambda size: index.parameters_for(retrieval, size))
     if kept is not bank:
         kept.save(directory)
-        print(f"[prepare] retrieval index: dropped {sum(excluded.values())} of {len(bank)} "
+        console.say(f"[prepare] retrieval index: dropped {sum(excluded.values())} of {len(bank)} "
               f"documents ({dict(excluded)}), {len(kept)} remain; rebuilt {directory}")
     return dict(excluded)
 
@@ -305,7 +305,7 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, remove_file: Optional[
                                           for s, v in building.items()}
         run_pipeline(data, prep, workdir, policy, tables, building, str(vocab_path))
     else:
-        print("[prepare] every shard is finished and unaffected: nothing to rebuild")
+        console.say("[prepare] every shard is finished and unaffected: nothing to rebuild")
     manifest = write_manifest(out, prep, policy, str(vocab_path))
     card = write_data_card(workdir, data, prep, policy, manifest, str(vocab_path), removal_log)
     (out / provenance.REMOVALS_FILE).write_text(
@@ -445,7 +445,7 @@ def summary(card: dict, building: dict, prep: config.PrepareConfig, seconds: flo
     built = sum(len(v) for v in building.values())
     total = prep.num_shards * len(prep.splits)
     documents = sum(kept.values())
-    print(f"[prepare] kept {kept}; excluded {dict(excluded) or 'none'}; shards rebuilt "
+    console.say(f"[prepare] kept {kept}; excluded {dict(excluded) or 'none'}; shards rebuilt "
           f"{built}/{total} (skipped {total - built} finished); {documents} documents in "
           f"{seconds:.0f} s ({documents / max(seconds, 1e-9):.1f} documents/s); "
           f"fingerprint {card['shards_fingerprint'][:12]}")

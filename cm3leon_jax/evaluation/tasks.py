@@ -51,10 +51,10 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import config as config_lib
-from cm3leon_jax import image_metrics, paths, visualize
+from cm3leon_jax import console, image_metrics, paths, visualize
 from cm3leon_jax.evaluation import attributes, cider, fid, vqa
 from cm3leon_jax.generation import generator as generator_lib
-from cm3leon_jax.generation.sampling import SamplingConfig
+from cm3leon_jax.config import CD_K_WHEN_CHOSEN, IMAGE_SAMPLING, SamplingConfig
 
 TASKS = ("text2image", "caption", "vqa", "edit")
 DECODINGS = ("top_p", "cd_k")
@@ -80,12 +80,12 @@ class EvalSettings:
     seed: int = 0
     stage: Optional[str] = None
     retrieval: Optional[bool] = None
-    cfg_scale: float = 3.0
+    cfg_scale: float = IMAGE_SAMPLING.cfg_scale
     decoding: str = "top_p"
-    temperature: float = 1.0
-    top_p: float = 0.9
-    cd_k: int = 8
-    cd_alpha: float = 0.1
+    temperature: float = IMAGE_SAMPLING.temperature
+    top_p: float = IMAGE_SAMPLING.top_p
+    cd_k: int = CD_K_WHEN_CHOSEN
+    cd_alpha: float = IMAGE_SAMPLING.cd_alpha
     num_samples: int = 1
     questions_per_example: int = 0
     tasks: tuple[str, ...] = TASKS
@@ -422,8 +422,8 @@ class Evaluator:
             "fid_features": self.features.name, "fid_features_detail": self.features.describe,
             "data_source": self.test.source, "tokenizer": self.tokenizer(),
             "retrieval": self.retrieval_recall()}
-        print(f"[evaluate] tokenizer: {summary('tokenizer', figures['tokenizer'])}; retrieval: "
-              f"{summary('retrieval', figures['retrieval'])}", flush=True)
+        console.say(f"[evaluate] tokenizer: {summary('tokenizer', figures['tokenizer'])}; retrieval: "
+              f"{summary('retrieval', figures['retrieval'])}")
         for task in settings.tasks:
             if task in SFT_ONLY and self.stage != "sft":
                 figures[task] = {"skipped": f"{task} needs the instruction-tuned model "
@@ -433,7 +433,7 @@ class Evaluator:
                          self.stage)
             figures[task] = getattr(self, {"text2image": "text_to_image"}.get(task, task))(
                 settings)
-            print(f"[evaluate] {task}: {summary(task, figures[task])}", flush=True)
+            console.say(f"[evaluate] {task}: {summary(task, figures[task])}")
         figures["seconds"] = time.perf_counter() - began
         return figures
 

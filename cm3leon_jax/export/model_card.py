@@ -1,7 +1,7 @@
 """The model card (`README.md`) of an export: Hugging Face's YAML header plus what a user needs.
 
 Built from what the project already records, never typed by hand:
-* `<workdir>/data_card.json` (issue 14, `data/offline/provenance.py`): the data set name for `datasets:`,
+* `<workdir>/data_card.json` (`data/offline/provenance.py`): the data set name for `datasets:`,
   documents, tokens and licences per split, the licence policy and removals;
 * `<workdir>/metrics.json` (`results.py`): every stage's final figures; numeric ones become
   `model-index` results (validation losses, perplexities, accuracies, FID, CIDEr, ...);

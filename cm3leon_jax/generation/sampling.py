@@ -18,56 +18,14 @@ their docstrings): on CPU those cost more than the model's whole decode step at 
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cm3leon_jax.config import SamplingConfig
+
 NEG_INF = -jnp.inf
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How a token is drawn from the (guided, constrained) logits of one step.
-
-    temperature: logits / temperature before sampling; 0 = greedy (argmax).
-    top_k: keep the k most likely tokens (0 = off).
-    top_p: keep the smallest set of most likely tokens whose probability reaches top_p (1 = off).
-    cfg_scale: classifier-free guidance alpha at image-code positions, logits = u + alpha (c - u)
-      with u the unconditional stream (1 = off: the conditional stream alone; the paper's ~3).
-    cd_k / cd_alpha: contrastive decoding TopK at image-code positions: candidates are the tokens
-      whose expert probability is >= cd_alpha * (the cd_k-th largest expert probability), scored
-      log p_expert - log p_amateur (amateur = the unconditional stream). cd_k = 0 turns it off.
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    cfg_scale: float = 1.0
-    cd_k: int = 0
-    cd_alpha: float = 0.1
-
-    def check(self) -> "SamplingConfig":
-        """Raises ValueError naming the bad field; returns self for chaining."""
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not self.cfg_scale >= 0:
-            raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {self.cfg_scale}")
-        if self.cd_k < 0:
-            raise ValueError(f"cd_k must be >= 0 (0 = off), got {self.cd_k}")
-        if not 0.0 <= self.cd_alpha <= 1.0:
-            raise ValueError(f"cd_alpha must be in [0, 1], got {self.cd_alpha}")
-        return self
-
-    @property
-    def uses_unconditional(self) -> bool:
-        """Whether decoding needs the unconditional stream (CFG or CD-K)."""
-        return self.cfg_scale != 1.0 or self.cd_k > 0
 
 
 def apply_temperature(logits: jax.Array, temperature) -> jax.Array:

@@ -21,7 +21,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, config, results
+from cm3leon_jax import cli, config, console, results
 from cm3leon_jax.data.offline import provenance
 from cm3leon_jax.retrieval import corpus, encoder, index
 
@@ -86,7 +86,7 @@ def build(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                f"self found first {figures['self_found_first']:.3f}, "
                f"recall@10 vs exact {figures['recall@10_vs_exact']:.3f}")
     logging.info("%s", summary)
-    print(summary)
+    console.say(summary)
     return figures
 
 

@@ -43,7 +43,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import cli, compilation_cache, config, results
+from cm3leon_jax import cli, compilation_cache, config, console, results
 from cm3leon_jax.data import sources
 from cm3leon_jax.retrieval import corpus, encoder, index, neighbour_table, rules
 
@@ -270,7 +270,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                 f"{figures[split]['with_k_neighbours']:.3f}, mean "
                 f"{figures[split]['mean_neighbours']:.2f}; -> {path}")
         logging.info("%s", line)
-        print(line)
+        console.say(line)
         if figures[split]["mean_neighbours"] < retrieval.k / 2:
             mean = figures[split]["mean_neighbours"]
             warning = (f"[neighbours] warning: {split} documents got {mean:.2f} of {retrieval.k}"
@@ -281,7 +281,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                        f"everything alike (see its recall); otherwise raise "
                        f"config.retrieval.num_candidates")
             logging.warning("%s", warning)
-            print(warning)
+            console.say(warning)
     results.write_metrics(workdir, STAGE, figures)
 
 

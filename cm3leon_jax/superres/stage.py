@@ -40,64 +40,13 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from cm3leon_jax import image_metrics, paths, results
+from cm3leon_jax import console, image_metrics, paths, results
 from cm3leon_jax.superres import upsampler
 from cm3leon_jax import config as config_lib
-from cm3leon_jax.config import ConfigError
+from cm3leon_jax.config import ConfigError, SuperresConfig, superres_config
 from cm3leon_jax.superres import pairs as superres_pairs
 
 STAGE = "superres"
-
-
-@dataclasses.dataclass(frozen=True)
-class SuperresConfig(config_lib.Section):
-    """The super-resolution stage (`config.superres`).
-
-    low_tokenizer: the base-resolution VQ-GAN (an export or a train_vqgan workdir); empty = the
-      base vocabulary's (what the base model's codes come from: the only choice that lets
-      `generate --upscale` use the upsampler on the base model's output).
-    high_tokenizer: the high-resolution VQ-GAN; empty = `<workdir>/tokenizers_hr`.
-    vocab_dir: the base vocabulary (text tokenizer and id layout); empty = the one named by
-      `<workdir>/prepared/manifest.json`, else `<workdir>/vocab`.
-    use_caption: condition on the caption too (`caption <break>` before the low codes).
-    caption_dropout: share of training rows whose caption is dropped (so captionless prompts work).
-    max_caption_tokens: captions are cut to this many text ids.
-    seq_len: tokens per row; 0 = the longest row, rounded up to a multiple of 8.
-    encode_batch_size: images per VQ-GAN call when encoding the pairs.
-    eval_split / eval_images (0 = all) / eval_batch_size: the final evaluation.
-    eval_temperature: sampling temperature of the evaluation (0 = greedy).
-    grid_images: test images shown in W/superres/samples.png.
-    """
-
-    low_tokenizer: str = ""
-    high_tokenizer: str = ""
-    vocab_dir: str = ""
-    use_caption: bool = False
-    caption_dropout: float = 0.2
-    max_caption_tokens: int = 48
-    seq_len: int = 0
-    encode_batch_size: int = 100
-    eval_split: str = "test"
-    eval_images: int = 0
-    eval_batch_size: int = 50
-    eval_temperature: float = 0.0
-    grid_images: int = 8
-
-    def check(self, prefix: str) -> None:
-        config_lib.require_range(f"{prefix}.caption_dropout", self.caption_dropout, 0.0, 1.0)
-        config_lib.require_positive(f"{prefix}.max_caption_tokens", self.max_caption_tokens)
-        config_lib.require_positive(f"{prefix}.seq_len", self.seq_len, allow_zero=True)
-        config_lib.require_positive(f"{prefix}.encode_batch_size", self.encode_batch_size)
-        config_lib.require_positive(f"{prefix}.eval_images", self.eval_images, allow_zero=True)
-        config_lib.require_positive(f"{prefix}.eval_batch_size", self.eval_batch_size)
-        config_lib.require_positive(f"{prefix}.eval_temperature", self.eval_temperature,
-                                    allow_zero=True)
-        config_lib.require_choice(f"{prefix}.eval_split", self.eval_split,
-                                  ("train", "validation", "test"))
-
-
-def superres_config(cfg: ml_collections.ConfigDict) -> SuperresConfig:
-    return config_lib.section(cfg, "superres", SuperresConfig)
 
 
 def run_dir(workdir: str) -> epath.Path:
@@ -227,7 +176,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_resume(directory, low_fp, high_fp, sr)
     if base_vocab.image_tokenizer_path and low_fp != upsampler.tokenizer_fingerprint(
             base_vocab.image_tokenizer_path):
-        print(f"[{STAGE}] note: the low-res tokenizer {low_path} is not the base vocabulary's "
+        console.say(f"[{STAGE}] note: the low-res tokenizer {low_path} is not the base vocabulary's "
               f"({base_vocab.image_tokenizer_path}); `generate --upscale` will refuse to upsample "
               "that base model's images")
     vocab, meta = upsampler.export(directory / upsampler.EXPORT_DIR, base_vocab, low_path,
@@ -257,7 +206,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     _, train_low, train_high, train_captions, train_key = codes("train")
     _, val_low, val_high, val_captions, _ = codes("validation")
-    print(f"[{STAGE}] {len(train_low)} training pairs encoded ({vocab!r}) in "
+    console.say(f"[{STAGE}] {len(train_low)} training pairs encoded ({vocab!r}) in "
           f"{time.perf_counter() - start:.0f} s")
     longest = max([0] + [len(c) for c in (train_captions or []) + (val_captions or [])])
     seq_len = sr.seq_len or -(-vocab.max_row_length(longest) // 8) * 8
@@ -301,7 +250,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         save_samples(directory / "samples.png", pairs, images, sr.grid_images)
     merged = {**trained, sr.eval_split: figures}
     results.write_metrics(workdir, STAGE, merged)
-    print(f"[{STAGE}] {sr.eval_split}: upsampler PSNR {figures['upsampler']['psnr_db']:.2f} dB "
+    console.say(f"[{STAGE}] {sr.eval_split}: upsampler PSNR {figures['upsampler']['psnr_db']:.2f} dB "
           f"SSIM {figures['upsampler']['ssim']:.3f}; bicubic {figures['bicubic']['psnr_db']:.2f} "
           f"dB {figures['bicubic']['ssim']:.3f}; high-res VQ-GAN ceiling "
           f"{figures['high_vqgan_reconstruction']['psnr_db']:.2f} dB; verifier "

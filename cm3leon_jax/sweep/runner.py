@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 from etils import epath
 
-from cm3leon_jax import experiment_files, results
+from cm3leon_jax import console, experiment_files, results
 from cm3leon_jax.sweep import spec as sweeps
 
 REPO_ROOT = experiment_files.EXPERIMENTS.parent
@@ -68,7 +68,7 @@ def config_arg_in_repo(config_arg: str) -> str:
     try:
         path = str(resolved.relative_to(REPO_ROOT))
     except ValueError:
-        print(f"warning: config {path} is outside the repository; it must exist at that path on "
+        console.say(f"warning: config {path} is outside the repository; it must exist at that path on "
               "the TPU VM", file=sys.stderr)
     return path + sep + arg
 
@@ -95,14 +95,14 @@ def run_all(runs: Sequence[Run], command_for: Callable[[Run], list[str]],
     for index, run in enumerate(runs, 1):
         if sweeps.is_finished(run.workdir, finished_stage):
             run.status = "finished earlier"
-            print(f"[{index}/{len(runs)}] {run.name}: metrics.json exists, skipped", flush=True)
+            console.say(f"[{index}/{len(runs)}] {run.name}: metrics.json exists, skipped")
             continue
         command = command_for(run)
-        print(f"[{index}/{len(runs)}] {run.name}: {shlex.join(command)}", flush=True)
+        console.say(f"[{index}/{len(runs)}] {run.name}: {shlex.join(command)}")
         returncode = execute(command)
         run.status = "ran" if returncode == 0 else f"failed (exit {returncode})"
         if returncode != 0:
-            print(f"[{index}/{len(runs)}] {run.name}: {run.status}", flush=True)
+            console.say(f"[{index}/{len(runs)}] {run.name}: {run.status}")
 
 
 def execute_locally(command: list[str]) -> int:

@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cm3leon_jax import console
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.data.offline import shards
 from cm3leon_jax.data.sources.shapes import scenes
@@ -66,7 +67,6 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
 
     setup: a `train.decoder_task.Setup` (model config, vocabulary, prepared data)."""
     from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
-    from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
 
     samples = config_lib.samples_config(cfg)
     if not samples.num_captions:
@@ -81,8 +81,7 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
     captions = [caption for caption, _ in examples]
     expected = [scenes.parse_caption(caption) for caption in captions]
     judged = all(objects for objects in expected)
-    sampling = SamplingConfig(temperature=samples.temperature, top_k=samples.top_k,
-                              top_p=samples.top_p, cfg_scale=samples.cfg_scale).check()
+    sampling = samples.sampling()
     sft = config_lib.sft_config(cfg) if stage == "sft" else config_lib.SFTConfig()
     real = {}
 
@@ -112,7 +111,7 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
             figures, _ = attributes.judge_images(generated[:, 0], expected)
             note = (f"; verifier exact {figures['exact_match']:.2f}, attributes "
                     f"{figures['attribute_accuracy']:.2f}")
-        print(f"[{stage}] eval at step {step}: wrote {generated.shape[0]}x{generated.shape[1]} "
+        console.say(f"[{stage}] eval at step {step}: wrote {generated.shape[0]}x{generated.shape[1]} "
               f"image samples to TensorBoard{note}")
         return {"samples": figures} if figures else {}
 

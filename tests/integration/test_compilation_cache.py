@@ -3,12 +3,14 @@
 import os
 import subprocess
 import sys
+import locations
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(locations.ROOT)
 
 PROGRAM = """
 import jax, jax.numpy as jnp
 from cm3leon_jax import compilation_cache
+
 events = []
 jax.monitoring.register_event_listener(lambda name, **kwargs: events.append(name))
 print(repr(compilation_cache.enable()))

@@ -17,8 +17,9 @@ from cm3leon_jax.config import TrainConfig
 from cm3leon_jax.train import checkpoint, loop, optimizer, step as step_lib
 
 import toy_task
+import locations
 
-TESTS = pathlib.Path(__file__).resolve().parent
+TESTS = locations.TESTS
 
 
 def _cfg(**overrides):

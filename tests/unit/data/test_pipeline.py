@@ -15,6 +15,7 @@ from cm3leon_jax.data.offline import shards
 from cm3leon_jax.data.input.cm3 import SpecialIds
 from cm3leon_jax.parallel import mesh as mesh_lib
 from cm3leon_jax.parallel import sharding as sharding_lib
+import locations
 
 SPECIAL = SpecialIds(pad=0, eos=1, break_=2, boi=4, eoi=5, sentinels=tuple(range(6, 22)), mask=3)
 QUERY_ID0 = 100          # query i's caption starts with QUERY_ID0 + i: identifies the document
@@ -257,6 +258,7 @@ def test_missing_data_and_fingerprint(tmp_path, prepared):
     assert paths.Workdir(tmp_path).prepared == tmp_path / "prepared"
 
 
+@pytest.mark.integration
 def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
     """`python -m cm3leon_jax.data.inspect` on a workdir with a tiny, untrained vocabulary."""
     import os
@@ -286,7 +288,7 @@ def test_inspect_prints_decoded_rows_and_saves_images(tmp_path):
     root = paths.Workdir(tmp_path).prepared
     shards.write_manifest(root, {"train": shards.write_split(root, "train", records, 2)},
                           vocab=str(tmp_path / "vocab"))
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = str(locations.ROOT)
     env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "cm3leon_jax.data.inspect", f"--workdir={tmp_path}", "--rows=2",

@@ -31,8 +31,9 @@ from cm3leon_jax.export.param_sources import InMemoryParams
 from cm3leon_jax.models import init_params
 
 import tiny_stack
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 SEQ_LEN = 256  # two 128-token query blocks: the blockwise causal path of `xla` runs
 GRAD_TOLERANCE = 1e-4
 CURVE_TOLERANCE = 1e-3

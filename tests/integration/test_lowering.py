@@ -11,8 +11,9 @@ import pytest
 
 from cm3leon_jax.config import ConfigError, MeshConfig
 from cm3leon_jax.parallel import lowering
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 MESHES = {"data": MeshConfig(data=8, fsdp=1, tensor=1),
           "fsdp": MeshConfig(data=1, fsdp=8, tensor=1),
           "fsdp_x_tensor": MeshConfig(data=1, fsdp=4, tensor=2)}

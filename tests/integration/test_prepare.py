@@ -11,6 +11,7 @@ from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
 from cm3leon_jax.retrieval import index, neighbour_table
 
 import tiny_stack
+import locations
 
 
 def _cfg(**prepare_fields):
@@ -186,7 +187,7 @@ def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_d
     import subprocess, sys, pathlib
     result = subprocess.run([sys.executable, "-m", "cm3leon_jax.data.audit", "--workdir",
                              str(tmp_path)], capture_output=True, text=True, timeout=300,
-                            cwd=pathlib.Path(__file__).resolve().parent.parent)
+                            cwd=locations.ROOT)
     assert result.returncode == 1 and "PROBLEM: missing shard" in result.stdout
     assert "# Data card" in result.stdout
 

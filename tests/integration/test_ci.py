@@ -1,8 +1,9 @@
 """CI runs exactly the README's test command: keep the two in step."""
 
 import pathlib
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def _readme_commands():

@@ -42,8 +42,9 @@ from cm3leon_jax.train.state import TrainState
 from cm3leon_jax.vocab import Vocabulary
 
 import tiny_stack
+import locations
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(locations.ROOT)
 TOLERANCE = 1e-4
 STEPS = 32
 

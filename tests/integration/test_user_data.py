@@ -18,8 +18,9 @@ import sys
 import pytest
 
 from user_folder import write_folder
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 MARK = "<!-- user-data-commands -->"
 
 # Appended to every command that takes the config: minutes become seconds (32-px pictures, a

@@ -5,8 +5,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def test_dry_run_measures_every_figure_and_the_torch_reference(tmp_path):

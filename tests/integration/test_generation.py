@@ -29,8 +29,9 @@ from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Vocabulary
 
 import tiny_stack
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def _model(preset="cm3leon", vocab_size=128, **overrides):

@@ -19,8 +19,9 @@ import scipy.linalg
 from cm3leon_jax.evaluation import attributes, cider, fid, table, tasks, vqa
 
 import tiny_stack
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 TINY_DATA = dict(source="shapes", image_size=32, num_train=4, num_validation=2, num_test=4,
                  seed=0)
 

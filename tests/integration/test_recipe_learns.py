@@ -16,8 +16,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def _experiment(name, arg):

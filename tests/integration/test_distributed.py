@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from cm3leon_jax.parallel import distributed
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 _ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
              "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES")
 
@@ -183,6 +184,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from cm3leon_jax.parallel import distributed
 assert distributed.initialize_if_needed() is True
 import test_distributed
+
 losses = test_distributed.train_tiny_decoder()
 print("RESULT", json.dumps({"processes": jax.process_count(), "devices": jax.device_count(),
                             "losses": losses}))

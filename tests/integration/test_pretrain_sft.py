@@ -16,8 +16,9 @@ from cm3leon_jax.data import prepare
 from cm3leon_jax.train import checkpoint, loop
 
 import tiny_stack
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def _cfg(vocab_dir, steps=6, **train):

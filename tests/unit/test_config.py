@@ -9,8 +9,9 @@ import ml_collections
 import pytest
 
 from cm3leon_jax import config
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 
 def _data(**fields):
@@ -61,6 +62,7 @@ def test_every_experiment_config_loads():
             config.data_config(cfg)
 
 
+@pytest.mark.integration
 def test_command_line_override_error_exits_2_with_message(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "cm3leon_jax.demo", "--workdir", str(tmp_path),
@@ -131,6 +133,41 @@ def test_unknown_override_names_the_field(override, message):
     cli.define_config_flag(values, sys_argv=argv)
     with pytest.raises(absl_flags.IllegalFlagValueError, match=re.escape(message)):
         values(argv)
+
+
+def test_demo_stages_are_the_configs_stages_in_order():
+    from cm3leon_jax import demo  # noqa: PLC0415
+
+    assert tuple(demo.STAGES) == config.DEMO_STAGES
+
+
+def test_literal_fields_name_their_choices():
+    cfg = ml_collections.ConfigDict({"model": {"attention": "flash"}})
+    with pytest.raises(config.ConfigError,
+                       match=r"config\.model\.attention='flash': must be one of 'auto', 'xla'"):
+        config.model_config(cfg)
+    cfg = ml_collections.ConfigDict({"prepare": {"splits": ("train", "dev")}})
+    with pytest.raises(config.ConfigError, match=r"config\.prepare\.splits=.*must be of type"):
+        config.prepare_config(cfg)
+
+
+def test_an_unchecked_field_type_is_refused():
+    with pytest.raises(TypeError, match="not checked"):
+        config._type_ok({"a": 1}, dict)  # noqa: SLF001
+
+
+def test_one_sampling_default_for_every_command():
+    from cm3leon_jax.evaluation.tasks import EvalSettings  # noqa: PLC0415
+
+    settings = EvalSettings()
+    assert (settings.temperature, settings.top_p, settings.cfg_scale) == (
+        config.IMAGE_SAMPLING.temperature, config.IMAGE_SAMPLING.top_p,
+        config.IMAGE_SAMPLING.cfg_scale)
+    assert settings.image_sampling() == config.IMAGE_SAMPLING
+    samples = config.SamplesConfig(top_p=0.5, cfg_scale=2.0, num_captions=3)
+    assert samples.sampling() == config.SamplingConfig(top_p=0.5, cfg_scale=2.0)
+    with pytest.raises(config.ConfigError, match=r"config\.samples\.top_p=0\.0"):
+        config.samples_config(ml_collections.ConfigDict({"samples": {"top_p": 0.0}}))
 
 
 def test_demo_settings_are_checked_before_anything_runs():

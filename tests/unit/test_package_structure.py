@@ -1,4 +1,5 @@
-"""The package's import structure: no import circle, and no library module importing a command.
+"""The package's structure: no import circle, no library module importing a command, and only
+`console.say` printing from library code.
 
 A command (entry point) is a module run as `python -m cm3leon_jax....`: one with a top-level
 `if __name__ == "__main__":` block, a package's `__main__.py`, or one that defines absl flags
@@ -13,8 +14,9 @@ import ast
 import pathlib
 
 import pytest
+import locations
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cm3leon_jax"
+PACKAGE = locations.ROOT / "cm3leon_jax"
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -140,3 +142,32 @@ def test_library_never_imports_a_command():
 ])
 def test_what_counts_as_a_command(source, expected):
     assert _is_command(ast.parse(source), pathlib.Path("m.py")) is expected
+
+
+def _prints(tree: ast.Module) -> list[int]:
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name) and node.func.id == "print"]
+
+
+def test_library_prints_only_through_console():
+    """On a pod every host runs the same code: library output goes through `console.say`
+    (process 0 only); commands may print their own results."""
+    commands, _ = _package()
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        if module in commands or module == "cm3leon_jax.console":
+            continue
+        offences += [f"{module}:{line}" for line in _prints(ast.parse(path.read_text()))]
+    assert offences == [], "print() in library code (use console.say): " + ", ".join(offences)
+
+
+def test_console_says_on_process_zero_only(monkeypatch, capsys):
+    import jax  # noqa: PLC0415
+
+    from cm3leon_jax import console  # noqa: PLC0415
+
+    console.say("from process 0")
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    console.say("from process 1")
+    assert capsys.readouterr().out == "from process 0\n"

@@ -19,8 +19,9 @@ from cm3leon_jax.config import MeshConfig, ModelConfig, model_config
 from cm3leon_jax.models import init_params
 from cm3leon_jax.parallel import mesh as mesh_lib
 from cm3leon_jax.train import decoder_task
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 CM3LEON = ModelConfig(preset="cm3leon", vocab_size=256, num_layers=2, d_model=64, num_heads=8,
                       max_seq_len=32)
@@ -123,6 +124,7 @@ def _run_plan(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_command_line():
     result = _run_plan("--config", "experiments/model_tiny.py", "--mesh", "data=2,fsdp=4,tensor=1",
                        "--batch_size", "16")

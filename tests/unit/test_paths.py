@@ -4,8 +4,9 @@ import pathlib
 import re
 
 from cm3leon_jax import paths
+import locations
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = locations.ROOT / "README.md"
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -20,8 +20,9 @@ import pytest
 from cm3leon_jax import config, results
 from cm3leon_jax.sweep import runner as sweep, spec as sweeps
 from cm3leon_jax.sweep.spec import product, zip_
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 
 # --------------------------------------------------------------------------------------------------
 # Writing sweeps
@@ -182,6 +183,7 @@ def _calls(tmp_path):
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.integration
 def test_sweep_runs_skips_finished_runs_and_writes_csv(project):
     tmp_path, _ = project
     first = _sweep(project, "--config.train.steps=20")
@@ -212,6 +214,7 @@ def test_sweep_runs_skips_finished_runs_and_writes_csv(project):
                                            "finished earlier", "failed (exit 3)"]
 
 
+@pytest.mark.integration
 def test_finished_stage_reruns_runs_without_that_stage(project):
     tmp_path, _ = project
     results.write_metrics(str(tmp_path / "runs/model.width=8,train.lr=0.5"), "data", {"n": 1})
@@ -221,6 +224,7 @@ def test_finished_stage_reruns_runs_without_that_stage(project):
         "data": {"n": 1}, "train": {"loss": 4.0, "steps": 10}}
 
 
+@pytest.mark.integration
 def test_sweep_errors_before_running_anything(project):
     tmp_path, _ = project
     conflict = _sweep(project, "--config.train.lr=0.3")
@@ -237,6 +241,7 @@ def test_sweep_errors_before_running_anything(project):
     assert _calls(tmp_path) == []
 
 
+@pytest.mark.integration
 def test_print_commands_prints_launch_lines_for_missing_runs(project):
     tmp_path, _ = project
     results.write_metrics(str(tmp_path / "runs/model.width=8,train.lr=0.5"), "train", {"loss": 1})

@@ -9,8 +9,9 @@ import pytest
 from cm3leon_jax import config, results
 from cm3leon_jax.retrieval import (build_index, encoder, index, neighbour_table, neighbours,
                                    retriever, train_encoder)
+import locations
 
-EXPERIMENT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "retrieval_shapes.py"
+EXPERIMENT = locations.ROOT / "experiments" / "retrieval_shapes.py"
 
 
 def tiny_config():

@@ -14,8 +14,9 @@ import textwrap
 import time
 
 import pytest
+import locations
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = locations.ROOT
 TPU = REPO / "tpu"
 SCRIPTS = ["create.sh", "setup.sh", "launch.sh", "sweep.sh", "delete.sh"]
 BASH = shutil.which("bash")
@@ -24,6 +25,7 @@ FAKE_GCLOUD = f"""#!{sys.executable}
 # Records argv as one JSON line; `describe` answers the next line of $FAKE_GCLOUD_STATES; `scp` keeps
 # a copy of the file it was asked to send; exits with $FAKE_GCLOUD_EXIT (default 0).
 import json, os, shutil, sys
+
 args = sys.argv[1:]
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
