@@ -52,7 +52,7 @@ def export_train_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: 
     train = config_lib.train_config(cfg)
     mesh = mesh_lib.make_mesh(mesh_config)
     rules = mesh_config.logical_axis_rules()
-    sharding.check_batch(batch_size, mesh, rules)
+    sharding.sequences_per_shard(batch_size, dict(mesh.shape), rules)
     with platform.lowering_for(target):
         shardings = decoder_task.param_shardings(model, mesh, rules)
         tx = optimizer.make_optimizer(train)

@@ -212,7 +212,7 @@ def make_plan(config: ModelConfig, mesh: MeshConfig, batch_size: int = 0,
         raise ConfigError(f"--seq_len={seq_len} exceeds config.model.max_seq_len="
                           f"{config.max_seq_len}")
     batch_size = batch_size or sharding_lib.batch_shards(axis_sizes, rules)
-    per_device_batch = sharding_lib.check_batch_size(batch_size, axis_sizes, rules)
+    per_device_batch = sharding_lib.sequences_per_shard(batch_size, axis_sizes, rules)
 
     boxed = accounting.abstract_params(config)
     params = nn.meta.unbox(boxed)

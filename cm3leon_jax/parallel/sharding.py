@@ -83,11 +83,6 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, nn.logical_to_mesh_axes(BATCH_AXES, rules))
 
 
-def check_batch(batch_size: int, mesh: Mesh, rules: Rules) -> None:
-    """Raises ValueError when the global batch does not split evenly over the batch axes."""
-    check_batch_size(batch_size, dict(mesh.shape), rules)
-
-
 def batch_shards(axis_sizes: Mapping[str, int], rules: Rules) -> int:
     """Number of shards the `batch` rule splits a global batch into."""
     axes = nn.logical_to_mesh_axes(BATCH_AXES, rules)[0]
@@ -95,8 +90,9 @@ def batch_shards(axis_sizes: Mapping[str, int], rules: Rules) -> int:
     return math.prod(axis_sizes[name] for name in names)
 
 
-def check_batch_size(batch_size: int, axis_sizes: Mapping[str, int], rules: Rules) -> int:
-    """Sequences per batch shard; ValueError when the `batch` rule's axes do not divide it."""
+def sequences_per_shard(batch_size: int, axis_sizes: Mapping[str, int], rules: Rules) -> int:
+    """Sequences per batch shard of a global batch on a mesh of `axis_sizes` (`dict(mesh.shape)`);
+    ValueError when the `batch` rule's axes do not divide it."""
     shards = batch_shards(axis_sizes, rules)
     if batch_size % shards:
         axes = nn.logical_to_mesh_axes(BATCH_AXES, rules)[0]

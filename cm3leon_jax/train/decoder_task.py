@@ -95,7 +95,7 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
     mesh_cfg = config_lib.mesh_config(cfg)
     train_cfg = config_lib.train_config(cfg)
     rules = mesh_cfg.logical_axis_rules()
-    sharding.check_batch(train_cfg.batch_size, mesh, rules)
+    sharding.sequences_per_shard(train_cfg.batch_size, dict(mesh.shape), rules)
 
     abstract = nn.meta.unbox(accounting.abstract_params(model_cfg))
     num_params = sum(x.size for x in jax.tree.leaves(abstract))

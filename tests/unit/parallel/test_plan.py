@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import importlib.util
 import math
-import pathlib
 import re
 import subprocess
 import sys

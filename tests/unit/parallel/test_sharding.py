@@ -222,7 +222,7 @@ def test_dimension_not_divisible_by_its_mesh_axis_is_refused():
         decoder_task.param_shardings(cfg, make_mesh((1, 1, 8)), RULES)
     with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by mesh axes "
                                          r"\('data', 'fsdp'\) of size 4"):
-        sharding_lib.check_batch(6, make_mesh((2, 2, 2)), RULES)
+        sharding_lib.sequences_per_shard(6, dict(make_mesh((2, 2, 2)).shape), RULES)
 
 
 def test_default_rules_name_every_logical_axis_once():
