@@ -1272,7 +1272,7 @@ class SuperresConfig(Section):
     max_caption_tokens: int = 48
     seq_len: int = 0
     encode_batch_size: int = 100
-    eval_split: str = "test"
+    eval_split: Split = "test"
     eval_images: int = 0
     eval_batch_size: int = 50
     eval_temperature: float = 0.0
@@ -1287,8 +1287,6 @@ class SuperresConfig(Section):
         require_positive(f"{prefix}.eval_batch_size", self.eval_batch_size)
         require_positive(f"{prefix}.eval_temperature", self.eval_temperature,
                                     allow_zero=True)
-        require_choice(f"{prefix}.eval_split", self.eval_split,
-                                  ("train", "validation", "test"))
 
 
 def superres_config(cfg: ml_collections.ConfigDict) -> SuperresConfig:

@@ -45,6 +45,7 @@ LAYOUT = (
 
 DECODER_RUNS = ("pretrain", "sft", "superres")
 SUPERRES_RUN = "superres"
+CHECKPOINTS = "checkpoints"  # inside every run directory (decoder, VQ-GAN, bi-encoder)
 UPSAMPLER_EXPORT = "upsampler"  # inside the superres run
 
 
@@ -145,7 +146,7 @@ class Workdir:
 
 def checkpoints_of(run_directory: str | epath.Path) -> epath.Path:
     """The Orbax directory inside any run directory (decoder, VQ-GAN, bi-encoder)."""
-    return epath.Path(run_directory) / "checkpoints"
+    return epath.Path(run_directory) / CHECKPOINTS
 
 
 def describe(width: int = 100) -> str:

@@ -48,7 +48,7 @@ Params = Mapping[str, Any]
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 ARCHITECTURE_FILE = "architecture.json"
-CHECKPOINT_SUBDIR = "checkpoints"
+CHECKPOINT_SUBDIR = paths.CHECKPOINTS
 
 
 # --------------------------------------------------------------------------------------------------

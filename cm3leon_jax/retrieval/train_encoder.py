@@ -8,7 +8,8 @@ image->text with the matching pair as the label. `logit_scale` (log of the inver
 is learned, starts at log(1/0.07) and is clipped to log(`retrieval.max_logit_scale`) after each step.
 
 Writes `<encoder_dir>/architecture.json` and Orbax checkpoints under `<encoder_dir>/checkpoints`
-(encoder_dir defaults to `W/retrieval_encoder`; a rerun resumes from the latest one), CLU metrics
+(encoder_dir defaults to `W/retrieval_encoder`; a rerun resumes from the latest one, SIGTERM saves
+and exits 0, a NaN loss stops naming the step: `cm3leon_jax/train/run_control.py`), CLU metrics
 (TensorBoard + log) and, at the end, `W/metrics.json` stage "retrieval_encoder": zero-shot
 recall@1/@5 text->image and image->text on the test split (each caption against every test image
 and vice versa).
@@ -31,6 +32,8 @@ import tensorflow as tf
 
 from cm3leon_jax import cli, config, results
 from cm3leon_jax.retrieval import corpus, encoder, recall
+from cm3leon_jax.train.optimizer import warmup_cosine
+from cm3leon_jax.train.run_control import RunControl
 
 STAGE = "retrieval_encoder"
 
@@ -66,10 +69,15 @@ def zero_shot_recall(biencoder: encoder.BiEncoder, data: config.DataConfig, work
 # Training
 # --------------------------------------------------------------------------------------------------
 
+def learning_rate_schedule(retrieval: config.RetrievalConfig) -> optax.Schedule:
+    """Linear warmup (at most train_steps - 1 steps), then cosine decay to 0 at train_steps."""
+    return warmup_cosine(retrieval.learning_rate,
+                         min(retrieval.warmup_steps, retrieval.train_steps - 1),
+                         retrieval.train_steps)
+
+
 def make_optimizer(retrieval: config.RetrievalConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, retrieval.learning_rate, min(retrieval.warmup_steps, retrieval.train_steps - 1),
-        retrieval.train_steps, end_value=0.0)
+    schedule = learning_rate_schedule(retrieval)
     # CLIP: no weight decay on gains, biases, the class token or the temperature (vectors/scalars).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     return optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-6,
@@ -121,6 +129,9 @@ def write_architecture(directory: epath.Path, arch: encoder.ClipArchitecture) ->
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (resuming if possible), then returns and writes the test-split figures. On SIGTERM
+    it saves and raises `run_control.TrainingStopped` (exit status 0); a NaN / inf loss raises
+    `NonFiniteError`."""
     # ---- config
     data = config.data_config(cfg)
     retrieval = config.retrieval_config(cfg)
@@ -133,42 +144,47 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     optimizer = make_optimizer(retrieval)
     params = encoder.init_params(arch, jax.random.key(retrieval.seed))
     opt_state = optimizer.init(params)
-    options = ocp.CheckpointManagerOptions(max_to_keep=2,
-                                           save_interval_steps=retrieval.checkpoint_every)
-    manager = ocp.CheckpointManager(out_dir / encoder.CHECKPOINT_SUBDIR, options=options)
-    start_step = 0
-    if manager.latest_step() is not None:
-        start_step = manager.latest_step()
-        restored = manager.restore(start_step, args=ocp.args.Composite(
+    # SIGTERM saves and stops (exit 0); a non-finite loss stops naming the step (run_control).
+    with RunControl(STAGE, out_dir / encoder.CHECKPOINT_SUBDIR, 2, watch=("loss", "grad_norm"),
+                    advice="lower config.retrieval.learning_rate") as run:
+        start_step = 0
+        found = run.restore_latest(ocp.args.Composite(
             params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
-        params, opt_state = restored["params"], restored["opt_state"]
-        logging.info("resumed the retrieval encoder from step %d", start_step)
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    logging.info("retrieval encoder: %d parameters, %s", num_params, arch)
+        if found is not None:
+            restored, start_step = found
+            params, opt_state = restored["params"], restored["opt_state"]
+        num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+        logging.info("retrieval encoder: %d parameters, %s", num_params, arch)
 
-    # ---- loop
-    train_step = make_train_step(arch, optimizer, retrieval.max_logit_scale)
-    writer = metric_writers.create_default_writer(str(out_dir / "logs"),
-                                                  just_logging=jax.process_index() > 0)
-    report = periodic_actions.ReportProgress(num_train_steps=retrieval.train_steps,
-                                             writer=writer, every_steps=retrieval.log_every)
-    batches = training_batches(data, workdir, retrieval, seed=retrieval.seed + start_step)
-    first_losses, last_losses = [], []
-    started = time.perf_counter()
-    for step in range(start_step + 1, retrieval.train_steps + 1):
-        token_ids, images = next(batches)
-        params, opt_state, metrics = train_step(params, opt_state, token_ids, images)
-        report(step)
-        if step <= start_step + retrieval.log_every:
-            first_losses.append(float(metrics["loss"]))
-        if step % retrieval.log_every == 0 or step == retrieval.train_steps:
-            scalars = jax.tree.map(float, metrics)
-            writer.write_scalars(step, scalars)
-            last_losses.append(scalars["loss"])
-        manager.save(step, force=step == retrieval.train_steps, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)))
-    manager.wait_until_finished()
-    manager.close()
+        # ---- loop
+        train_step = make_train_step(arch, optimizer, retrieval.max_logit_scale)
+        writer = metric_writers.create_default_writer(str(out_dir / "logs"),
+                                                      just_logging=jax.process_index() > 0)
+        report = periodic_actions.ReportProgress(num_train_steps=retrieval.train_steps,
+                                                 writer=writer, every_steps=retrieval.log_every)
+        batches = training_batches(data, workdir, retrieval, seed=retrieval.seed + start_step)
+        first_losses, last_losses = [], []
+        started = time.perf_counter()
+        for step in range(start_step + 1, retrieval.train_steps + 1):
+            token_ids, images = next(batches)
+            params, opt_state, metrics = train_step(params, opt_state, token_ids, images)
+            run.record(step, metrics)
+            report(step)
+            is_last = step == retrieval.train_steps
+            stopping = run.stop_requested()
+            if step % retrieval.log_every == 0 or is_last or stopping:
+                taken = run.take()
+                first_losses += [float(values["loss"]) for logged, values in taken
+                                 if logged <= start_step + retrieval.log_every]
+                scalars = {name: float(value) for name, value in taken[-1][1].items()}
+                writer.write_scalars(step, scalars)
+                last_losses.append(scalars["loss"])
+            if step % retrieval.checkpoint_every == 0 or is_last or stopping:
+                run.save(step, ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                  opt_state=ocp.args.StandardSave(opt_state)))
+            if stopping:
+                writer.flush()
+                run.stop(step)
     train_seconds = time.perf_counter() - started
 
     # ---- evaluation

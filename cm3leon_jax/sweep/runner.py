@@ -1,22 +1,7 @@
-"""Running a sweep: one entry point, one base config, one run per entry of a sweep file.
-
-    python -m cm3leon_jax.sweep --config experiments/demo.py \\
-        --sweep experiments/sweeps/demo_image_size.py --entry cm3leon_jax.demo --workdir /tmp/sweep
-
-runs, one after another, `python -m <entry> --config <config> [--config.a=b from this command line]
---config.<field>=<value>... --workdir <workdir>/<run name>` for every entry of the sweep, where the
-run name is built from the entry's overrides (`sweeps.run_name`, e.g. `data.image_size=32`). Runs
-whose directory already holds a metrics.json (with `--finished_stage`, one that holds that stage) are
-skipped, so re-running a sweep after an interruption or a failure only runs what is missing. At the
-end it prints a table of every run's final metrics and writes `<workdir>/sweep_summary.csv`; it
-exits with status 1 when a run failed.
-
-With `--print_commands` nothing runs: it prints, one per line, the `tpu/launch.sh` command that runs
-each missing entry on all workers of a Cloud TPU VM (`tpu/sweep.sh` executes them), with the config
-path made relative to the repository root, where `tpu/launch.sh` runs commands.
-
-Every entry is checked against the config before anything runs: an unknown field or a value of the
-wrong type is a one-line error, not a failure an hour into the sweep. The workdir may be `gs://...`.
+"""Running a sweep (`python -m cm3leon_jax.sweep`, whose docstring says how): one run per entry
+of a sweep file, each `python -m <entry> --config <config> --config.<field>=<value>... --workdir
+<workdir>/<run name>`, skipping runs that finished, then a table and `sweep_summary.csv` of every
+run's final metrics; or the `tpu/launch.sh` line of each missing run.
 """
 
 from __future__ import annotations

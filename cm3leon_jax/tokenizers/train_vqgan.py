@@ -2,16 +2,16 @@
 
     python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_shapes.py --workdir W
 
-Sections, in order: config -> mesh -> data -> model and optimizers -> train step -> checkpoint ->
+Sections, in order: config -> mesh -> data -> model and optimizers -> train step -> warm start ->
 loop -> evaluation and export. Data parallel: the batch is sharded over a 1-D `data` mesh axis of
 every device (= the local devices in a single-process run; each process feeds its own share),
 parameters and optimizer state are replicated, and the step is `jax.jit` with explicit shardings.
 
-Writes into W: `checkpoints/` (Orbax; a rerun resumes from the latest), TensorBoard events (losses,
-PSNR, codebook usage and perplexity, reconstruction grids), `image_tokenizer/` (the export that
-`ImageTokenizer.load` reads), `reconstructions.png` (test images over their reconstructions) and
-`metrics.json` (stage `vqgan`: test PSNR, codebook usage and perplexity, verifier exact-match rate
-of reconstructions).
+Writes into W: `checkpoints/` (Orbax, `train/run_control.py`: a rerun resumes from the latest;
+SIGTERM saves and exits 0), TensorBoard events (losses, PSNR, codebook usage and perplexity,
+reconstruction grids), `image_tokenizer/` (the export that `ImageTokenizer.load` reads),
+`reconstructions.png` (test images over their reconstructions) and `metrics.json` (stage `vqgan`:
+test PSNR, codebook usage and perplexity, verifier exact-match rate of reconstructions).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import optax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from cm3leon_jax import cli, image_metrics, results
+from cm3leon_jax import cli, image_metrics, paths, results
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, DataConfig, VQGANConfig, VQGANTrainConfig
 from cm3leon_jax.data import sources
@@ -42,6 +42,8 @@ from cm3leon_jax.tokenizers import grids, image_tokenizer, losses, quantizer
 from cm3leon_jax.tokenizers.discriminator import PatchDiscriminator
 from cm3leon_jax.tokenizers.image_tokenizer import EXPORT_DIR, ImageTokenizer
 from cm3leon_jax.tokenizers.vqgan import VQGAN, init_key, output_conv
+from cm3leon_jax.train.optimizer import warmup_cosine
+from cm3leon_jax.train.run_control import RunControl
 
 STAGE = "vqgan"
 GRID_IMAGES = 16
@@ -141,10 +143,8 @@ class TrainState:
 
 
 def learning_rate_schedule(train: VQGANTrainConfig) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train.learning_rate, warmup_steps=train.warmup_steps,
-        decay_steps=train.num_steps,
-        end_value=train.learning_rate * train.final_learning_rate_fraction)
+    return warmup_cosine(train.learning_rate, train.warmup_steps, train.num_steps,
+                         train.final_learning_rate_fraction)
 
 
 def make_optimizers(train: VQGANTrainConfig) -> tuple[optax.GradientTransformation,
@@ -306,12 +306,7 @@ def global_batch(local_images: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local_images)
 
 
-# ================================================================================ checkpoint ==
-
-
-def checkpoint_manager(workdir: str, train: VQGANTrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=train.keep_checkpoints, create=True)
-    return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
+# ================================================================================ warm start ==
 
 
 # What must match between a warm-start source and the model it starts (image_size need not).
@@ -346,14 +341,6 @@ def warm_start(state: TrainState, init_from: str, model_cfg: VQGANConfig,
                          vq_state=placed.get(quantizer.STATE, state.vq_state))
 
 
-def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    latest = manager.latest_step()
-    if latest is None:
-        return state
-    logging.info("resuming from checkpoint step %d", latest)
-    return manager.restore(latest, args=ocp.args.StandardRestore(state))
-
-
 # ====================================================================================== loop ==
 
 
@@ -376,7 +363,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
     """Trains to `vqgan_train.num_steps` (resuming if possible); returns (state, train seconds).
 
     `data_workdir` is where the data set is built (default: `workdir`), so a caller with its own
-    workdir layout (the demo) builds the data once.
+    workdir layout (the demo) builds the data once. On SIGTERM it saves and raises
+    `run_control.TrainingStopped` (exit status 0); a NaN / inf loss raises `NonFiniteError`.
     """
     data_cfg, model_cfg, train_cfg = read_config(cfg)
     data_workdir = data_workdir or workdir
@@ -388,59 +376,67 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
 
     state = init_state(model, discriminator, generator_tx, discriminator_tx,
                        model_cfg.image_size, train_cfg.seed, NamedSharding(mesh, P()))
-    manager = checkpoint_manager(workdir, train_cfg)
-    state = restore_or_keep(manager, state)
-    start_step = int(state.step)
-    if train_cfg.init_from and start_step == 0:
-        state = warm_start(state, train_cfg.init_from, model_cfg, NamedSharding(mesh, P()))
+    # SIGTERM saves and stops (exit 0); a non-finite loss stops naming the step (run_control).
+    with RunControl(STAGE, paths.checkpoints_of(workdir), train_cfg.keep_checkpoints,
+                    watch=("loss/total", "loss/discriminator", "grad_norm"),
+                    advice="lower config.vqgan_train.learning_rate") as run:
+        found = run.restore_latest(ocp.args.StandardRestore(state))
+        if found is not None:
+            state = found[0]
+        start_step = int(state.step)
+        if train_cfg.init_from and start_step == 0:
+            state = warm_start(state, train_cfg.init_from, model_cfg, NamedSharding(mesh, P()))
 
-    is_chief = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-    if start_step == 0:
-        writer.write_hparams({**{f"vqgan.{k}": str(v) for k, v in vars(model_cfg).items()},
-                              **{f"vqgan_train.{k}": v for k, v in vars(train_cfg).items()}})
-    if start_step >= train_cfg.num_steps:
-        logging.info("checkpoint is at step %d >= num_steps: nothing to train", start_step)
-        return state, 0.0
+        is_chief = jax.process_index() == 0
+        writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+        if start_step == 0:
+            writer.write_hparams({**{f"vqgan.{k}": str(v) for k, v in vars(model_cfg).items()},
+                                  **{f"vqgan_train.{k}": v for k, v in vars(train_cfg).items()}})
+        if start_step >= train_cfg.num_steps:
+            logging.info("checkpoint is at step %d >= num_steps: nothing to train", start_step)
+            return state, 0.0
 
-    local_batch = train_cfg.batch_size // jax.process_count()
-    batches = train_images(data_cfg, data_workdir, local_batch,
-                           train_cfg.seed * 1_000_003 + start_step, train_cfg.shuffle_buffer,
-                           train_cfg.crop_size)
-    # Validation images for the progress grid; a small folder may leave that split empty.
-    grid_split = next((split for split in ("validation", "test", "train")
-                       if sources.known_split_size(data_cfg, data_workdir, split) != 0), "train")
-    grid_images, _ = split_examples(data_cfg, data_workdir, grid_split, limit=GRID_IMAGES)
-    steps = {use_gan: compile_step(make_train_step(
-        model, discriminator, generator_tx, discriminator_tx, model_cfg, train_cfg.seed,
-        use_gan), mesh) for use_gan in {False, model_cfg.discriminator_weight > 0}}
-    reconstruct = jax.jit(lambda variables, images: losses.to_uint8(
-        model.apply(variables, losses.to_model_range(images))[0]))
+        local_batch = train_cfg.batch_size // jax.process_count()
+        batches = train_images(data_cfg, data_workdir, local_batch,
+                               train_cfg.seed * 1_000_003 + start_step, train_cfg.shuffle_buffer,
+                               train_cfg.crop_size)
+        # Validation images for the progress grid; a small folder may leave that split empty.
+        grid_split = next((split for split in ("validation", "test", "train")
+                           if sources.known_split_size(data_cfg, data_workdir, split) != 0),
+                          "train")
+        grid_images, _ = split_examples(data_cfg, data_workdir, grid_split, limit=GRID_IMAGES)
+        steps = {use_gan: compile_step(make_train_step(
+            model, discriminator, generator_tx, discriminator_tx, model_cfg, train_cfg.seed,
+            use_gan), mesh) for use_gan in {False, model_cfg.discriminator_weight > 0}}
+        reconstruct = jax.jit(lambda variables, images: losses.to_uint8(
+            model.apply(variables, losses.to_model_range(images))[0]))
 
-    report = periodic_actions.ReportProgress(num_train_steps=train_cfg.num_steps, writer=writer,
-                                             every_secs=60.0)
-    start_time = time.perf_counter()
-    pending: list[dict] = []
-    for step in range(start_step + 1, train_cfg.num_steps + 1):
-        use_gan = model_cfg.discriminator_weight > 0 and step > model_cfg.discriminator_start
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = steps[use_gan](state, global_batch(next(batches), mesh))
-        pending.append(metrics)
-        report(step)
-        if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
-            averaged = mean_metrics(jax.device_get(pending))
-            averaged["learning_rate"] = float(learning_rate_schedule(train_cfg)(step))
-            writer.write_scalars(step, averaged)
-            pending = []
-        if step % train_cfg.image_every == 0 or step == train_cfg.num_steps:
-            rebuilt = np.asarray(reconstruct(variables_of(state), grid_images))
-            writer.write_images(step, {"reconstructions": grids.comparison_grid(
-                grid_images, rebuilt, columns=8, scale=4)[None]})
-            writer.write_scalars(step, {"validation/psnr": float(np.mean(
-                losses.psnr(rebuilt, grid_images)))})
-        if step % train_cfg.checkpoint_every == 0 or step == train_cfg.num_steps:
-            manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
+        report = periodic_actions.ReportProgress(num_train_steps=train_cfg.num_steps,
+                                                 writer=writer, every_secs=60.0)
+        start_time = time.perf_counter()
+        for step in range(start_step + 1, train_cfg.num_steps + 1):
+            use_gan = model_cfg.discriminator_weight > 0 and step > model_cfg.discriminator_start
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = steps[use_gan](state, global_batch(next(batches), mesh))
+            run.record(step, metrics)
+            report(step)
+            is_last = step == train_cfg.num_steps
+            stopping = run.stop_requested()
+            if step % train_cfg.log_every == 0 or is_last or stopping:
+                averaged = mean_metrics([values for _, values in run.take()])
+                averaged["learning_rate"] = float(learning_rate_schedule(train_cfg)(step))
+                writer.write_scalars(step, averaged)
+            if step % train_cfg.image_every == 0 or is_last:
+                rebuilt = np.asarray(reconstruct(variables_of(state), grid_images))
+                writer.write_images(step, {"reconstructions": grids.comparison_grid(
+                    grid_images, rebuilt, columns=8, scale=4)[None]})
+                writer.write_scalars(step, {"validation/psnr": float(np.mean(
+                    losses.psnr(rebuilt, grid_images)))})
+            if step % train_cfg.checkpoint_every == 0 or is_last or stopping:
+                run.save(step, ocp.args.StandardSave(state))
+            if stopping:
+                writer.flush()
+                run.stop(step)
     writer.flush()
     return state, time.perf_counter() - start_time
 

@@ -3,14 +3,14 @@
 * async saves (training continues while a background thread writes), every N steps and on demand;
 * retention: the last `keep_checkpoints` plus the best by eval loss (Orbax preservation policies);
 * resume from the latest readable step; an unreadable latest checkpoint (e.g. cut off mid-write on
-  preemption) is skipped with a warning and the previous one is used;
+  preemption) is skipped with a warning and the previous one is used (the Orbax handling is
+  `run_control.CheckpointStore`, shared with the VQ-GAN and retrieval trainers);
 * metadata (`meta`: model signature, data fingerprint) lets a resume refuse a workdir that holds a
   different model or data, with a message saying what differs.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 from absl import logging
@@ -18,7 +18,9 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from cm3leon_jax import paths
 from cm3leon_jax.config import InputError, TrainConfig
+from cm3leon_jax.train import run_control
 
 ITEMS = ("state", "data", "meta")
 
@@ -27,25 +29,19 @@ class IncompatibleCheckpoint(InputError):
     """The workdir's checkpoint was written by a different model or data set."""
 
 
-def _policy(train: TrainConfig):
-    policies = [ocp.checkpoint_managers.LatestN(n=train.keep_checkpoints)]
-    if train.keep_best:
-        policies.append(ocp.checkpoint_managers.BestN(
-            get_metric_fn=lambda metrics: -float(metrics["eval_loss"]), n=1,
-            keep_checkpoints_without_metrics=False))
-    return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
-
-
 class Checkpoints:
+    """The decoder loop's checkpoints (`run_control.CheckpointStore`): items ITEMS, the last
+    `keep_checkpoints` plus the best by eval loss, async saves as `train` says."""
+
     def __init__(self, directory: str, train: TrainConfig):
-        self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=train.async_checkpoints,
-            preservation_policy=_policy(train))
-        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        self.store = run_control.CheckpointStore(
+            directory, train.keep_checkpoints,
+            best_metric="eval_loss" if train.keep_best else None, item_names=ITEMS,
+            async_save=train.async_checkpoints)
+        self.directory, self.manager = self.store.directory, self.store.manager
 
     def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return self.store.steps()
 
     def save(self, step: int, state, data_state: dict, meta: dict,
              eval_loss: Optional[float] = None) -> None:
@@ -53,51 +49,26 @@ class Checkpoints:
                                   data=ocp.args.JsonSave(data_state),
                                   meta=ocp.args.JsonSave(meta))
         metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        self.store.save(step, args, metrics=metrics)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self.store.wait()
 
     def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"]
+        return self.store.restore(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore_latest(self, abstract_state) -> Optional[tuple[Any, dict, dict, int]]:
         """(state, data_state, meta, step) of the newest readable checkpoint, or None if none."""
-        steps = self.steps()
-        for step in reversed(steps):
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint falls back
-                if isinstance(error, IncompatibleCheckpoint):
-                    raise
-                logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back "
-                                "to the previous one", step, self.directory,
-                                type(error).__name__, str(error)[:300])
-                print(f"warning: checkpoint step {step} unreadable, trying an earlier one")
-                self._set_aside(step)
-                continue
-            return restored["state"], restored["data"], restored["meta"], step
-        if steps:
-            raise RuntimeError(f"{self.directory}: none of the checkpoints {steps} is readable; "
-                               "move them away to start afresh")
-        return None
-
-    def _set_aside(self, step: int) -> None:
-        """Moves an unreadable step out of the way (kept for inspection, never deleted), so the
-        resumed run can save that step number again."""
-        if jax.process_index() == 0:
-            target = self.directory.parent / "unreadable_checkpoints" / f"{step}-{time.time():.0f}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target)
-            logging.warning("moved unreadable checkpoint %d to %s", step, target)
-        self.manager.reload()
+        found = self.store.restore_latest(ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        if found is None:
+            return None
+        restored, step = found
+        return restored["state"], restored["data"], restored["meta"], step
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        self.store.close()
 
 
 def check_compatible(meta: dict, model_signature: dict, data_fingerprint: str,
@@ -127,9 +98,10 @@ def run_directory(source: str) -> epath.Path:
     path = epath.Path(source)
     if not path.exists():
         raise FileNotFoundError(f"train.init_from={source!r}: no such directory")
-    for candidate in (path, path / "checkpoints", path / "sft" / "checkpoints",
-                      path / "pretrain" / "checkpoints"):
-        if candidate.name == "checkpoints" and candidate.is_dir():
+    work = paths.Workdir(path)
+    for candidate in (path, paths.checkpoints_of(path), work.checkpoints("sft"),
+                      work.checkpoints("pretrain")):
+        if candidate.name == paths.CHECKPOINTS and candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"train.init_from={source!r}: no checkpoints there (give a run "
                             "directory such as W/pretrain or W/sft, or a project workdir W)")

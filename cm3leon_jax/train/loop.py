@@ -21,13 +21,12 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from cm3leon_jax import results
+from cm3leon_jax import console, paths, results
 from cm3leon_jax.config import TrainConfig
-from cm3leon_jax.train import checkpoint, optimizer, preemption, state as state_lib
+from cm3leon_jax.train import checkpoint, optimizer, run_control, state as state_lib
 from cm3leon_jax.train import step as step_lib, throughput
 
 
@@ -118,15 +117,6 @@ def read_train_log(workdir: str, name: str = TRAIN_LOG) -> dict[int, dict]:
     return entries
 
 
-def _agree_to_stop(stop: preemption.StopRequested) -> bool:
-    """True on every host when any host was asked to stop (hosts see SIGTERM at different steps;
-    a tiny all-gather per step makes them stop, and save, at the same one)."""
-    if jax.process_count() == 1:
-        return bool(stop)
-    flags = multihost_utils.process_allgather(np.asarray(bool(stop)))
-    return bool(np.any(flags))
-
-
 def train(train_cfg: TrainConfig, workdir: str, task: Task,
           full_config: Optional[dict] = None, metrics_workdir: Optional[str] = None) -> dict:
     """Runs (or resumes) training to `train_cfg.steps`; returns the final figures.
@@ -145,8 +135,8 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     workdir_path.mkdir(parents=True, exist_ok=True)
     schedule = optimizer.learning_rate(train_cfg)
     tx = optimizer.make_optimizer(train_cfg)
-    stop = preemption.StopRequested()
-    checkpoints = checkpoint.Checkpoints(str(workdir_path / "checkpoints"), train_cfg)
+    stop = run_control.StopRequested()
+    checkpoints = checkpoint.Checkpoints(str(paths.checkpoints_of(workdir_path)), train_cfg)
     meta = {"model": task.model_signature, "data_fingerprint": task.data_fingerprint,
             "vocab_fingerprint": task.vocab_fingerprint, "task": task.name,
             "config": full_config or {}}
@@ -163,13 +153,13 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         state, data_state, _, start = restored
         task.train_data.set_state(data_state)
         logging.info("resumed %s from step %d in %s", task.name, start, workdir)
-        print(f"[{task.name}] resumed from step {start}")
+        console.say(f"[{task.name}] resumed from step {start}")
     elif train_cfg.init_from:
         params, from_step = checkpoint.restore_params(train_cfg.init_from, abstract.params,
                                                       task.vocab_fingerprint)
         state, state_shardings = _create_state(task, tx, train_cfg, params=params)
-        print(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
-              "fresh optimizer")
+        console.say(f"[{task.name}] params from {train_cfg.init_from} (step {from_step}); "
+                    "fresh optimizer")
     else:
         state, state_shardings = _create_state(task, tx, train_cfg)
     train_step = step_lib.jit_train_step(task.loss_fn, tx, schedule, state_shardings,
@@ -195,10 +185,12 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     def check(step_number: int, metrics: dict) -> dict:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if values["finite"] < 1.0:
-            where = f"non-finite loss or gradients at step {step_number} (loss {values['loss']}, " \
-                    f"grad norm {values['grad_norm']}); the update was not applied"
+            where = (run_control.nonfinite_message(
+                step_number, {"loss": values["loss"], "grad_norm": values["grad_norm"]})
+                or f"non-finite loss or gradients at step {step_number}") \
+                + "; the update was not applied"
             if train_cfg.on_nonfinite == "stop":
-                raise FloatingPointError(
+                raise run_control.NonFiniteError(
                     where + f". Last checkpoints: {checkpoints.steps()}. Lower train.lr or set "
                     "train.on_nonfinite=skip")
             logging.warning("%s; skipping it (train.on_nonfinite=skip)", where)
@@ -216,9 +208,10 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
             scalars["mfu"] = task.flops_per_token * tokens_per_s / (peak * devices)
         writer.write_scalars(step_number, {f"train/{k}": v for k, v in scalars.items()})
         _log_line(workdir_path, step_number, scalars)
-        print(f"[{task.name}] step {step_number}/{train_cfg.steps} loss {scalars['loss']:.4f} "
-              f"lr {scalars['learning_rate']:.2e} {tokens_per_s:,.0f} tok/s"
-              + (f" MFU {scalars['mfu']:.1%}" if "mfu" in scalars else ""))
+        console.say(f"[{task.name}] step {step_number}/{train_cfg.steps} "
+                    f"loss {scalars['loss']:.4f} lr {scalars['learning_rate']:.2e} "
+                    f"{tokens_per_s:,.0f} tok/s"
+                    + (f" MFU {scalars['mfu']:.1%}" if "mfu" in scalars else ""))
         window, window_start = [], time.perf_counter()
 
     def run_eval(step_number: int) -> dict:
@@ -237,7 +230,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         if figures:
             summary = ", ".join(f"{n} loss {f['loss']:.4f}" for n, f in figures.items()
                                 if isinstance(f, dict) and "loss" in f)
-            print(f"[{task.name}] eval at step {step_number}: {summary}")
+            console.say(f"[{task.name}] eval at step {step_number}: {summary}")
         return figures
 
     def main_eval_loss(figures: dict) -> Optional[float]:
@@ -260,7 +253,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
             report(step_number)
             is_last = step_number == train_cfg.steps
             # Every host must agree to stop at the same step, or they would save different steps.
-            stopped_early = _agree_to_stop(stop)
+            stopped_early = stop.agreed()
             if step_number % train_cfg.log_every == 0 or is_last or stopped_early:
                 window.append(check(*pending))
                 pending = None
@@ -278,7 +271,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
                 checkpoints.save(step_number, state, task.train_data.get_state(), meta,
                                  eval_loss=eval_loss)
             if stopped_early:
-                print(f"[{task.name}] stop requested: saved step {step_number}, exiting")
+                console.say(run_control.stopped_message(task.name, step_number))
                 break
         if pending is not None:
             window.append(check(*pending))
@@ -300,6 +293,6 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
         "best_eval_loss": None if best_eval == float("inf") else best_eval,
     }
     path = results.write_metrics(metrics_workdir, task.name, figures)
-    print(f"[{task.name}] done: {steps_done} steps this run (now at {final_step}) in {wall:.0f} s; "
-          f"train loss {figures['train_loss']}; figures in {path}")
+    console.say(f"[{task.name}] done: {steps_done} steps this run (now at {final_step}) in "
+                f"{wall:.0f} s; train loss {figures['train_loss']}; figures in {path}")
     return {"state": state, **figures}

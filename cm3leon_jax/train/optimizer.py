@@ -11,13 +11,28 @@ _EMBEDDING_NAMES = ("embed", "embedding", "wte", "wpe", "position")
 _NORM_NAMES = ("norm", "ln", "layernorm", "rmsnorm", "scale")
 
 
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int,
+                  end_fraction: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to `peak`, then cosine decay to `peak * end_fraction` at total_steps.
+
+    The one warmup + cosine schedule of every trainer (decoder loop, VQ-GAN, retrieval bi-encoder),
+    so their learning rates cannot drift apart; equal to optax.warmup_cosine_decay_schedule.
+    """
+    decay = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup_steps),
+                                        alpha=end_fraction)
+    if warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
 def learning_rate(train: TrainConfig) -> optax.Schedule:
     """Linear warmup from 0 to `lr`, then cosine / linear decay to `lr * end_lr_fraction`."""
+    if train.decay == "cosine":
+        return warmup_cosine(train.lr, train.warmup_steps, train.steps, train.end_lr_fraction)
     end = train.lr * train.end_lr_fraction
     decay_steps = max(1, train.steps - train.warmup_steps)
-    if train.decay == "cosine":
-        decay = optax.cosine_decay_schedule(train.lr, decay_steps, alpha=train.end_lr_fraction)
-    elif train.decay == "linear":
+    if train.decay == "linear":
         decay = optax.linear_schedule(train.lr, end, decay_steps)
     else:
         decay = optax.constant_schedule(train.lr)

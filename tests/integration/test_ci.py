@@ -1,6 +1,5 @@
 """CI runs exactly the README's test command: keep the two in step."""
 
-import pathlib
 import locations
 
 REPO = locations.ROOT

@@ -5,7 +5,6 @@ tiny decoder with the production train step and matches one process with four de
 import functools
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys

@@ -7,7 +7,6 @@ on a 2-core CPU, most of it the one command-line run.
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 

@@ -7,7 +7,6 @@ Tiny random models only (d_model 32-64, 2 layers); the whole file runs in about 
 
 import functools
 import json
-import pathlib
 import subprocess
 import sys
 

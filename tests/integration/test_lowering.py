@@ -4,7 +4,6 @@ with the splash kernel and for `cuda` with XLA attention, on the 8 fake devices'
 
 import dataclasses
 import importlib.util
-import pathlib
 import re
 
 import pytest

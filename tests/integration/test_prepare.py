@@ -184,7 +184,7 @@ def test_audit_passes_then_names_a_corrupt_and_a_missing_shard(tmp_path, vocab_d
     found = audit.problems(str(tmp_path))
     assert any(p.startswith(f"corrupt shard train/{names[0]}") for p in found)
     assert f"missing shard train/{names[1]}" in found
-    import subprocess, sys, pathlib
+    import subprocess, sys
     result = subprocess.run([sys.executable, "-m", "cm3leon_jax.data.audit", "--workdir",
                              str(tmp_path)], capture_output=True, text=True, timeout=300,
                             cwd=locations.ROOT)

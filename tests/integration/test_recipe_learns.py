@@ -13,7 +13,6 @@ simulated devices would split a batch of 8 eight ways and double the time).
 import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import locations

@@ -1,7 +1,6 @@
 """The shared training core: schedule, accumulation, resume, SIGTERM, fallback, guards."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys

@@ -16,7 +16,6 @@ runs the 100-step version).
 import dataclasses
 import functools
 import importlib.util
-import pathlib
 
 import jax
 import numpy as np

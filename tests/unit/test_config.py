@@ -1,6 +1,5 @@
 """Config validation: bad values fail before anything is built, naming the field and the fix."""
 
-import pathlib
 import re
 import subprocess
 import sys

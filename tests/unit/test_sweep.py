@@ -6,7 +6,6 @@ import csv
 import importlib
 import io
 import os
-import pathlib
 import shlex
 import subprocess
 import sys
