@@ -4,8 +4,8 @@
 
 Four ways to run the same transform on the same documents:
 
-* `numpy`: `cm3leon_jax.data.input.cm3.cm3_mask` (vectorised), one fresh seeded Generator per document as
-  in tf.data;
+* `numpy`: `cm3leon_jax.data.input.cm3.cm3_mask` (vectorised), one fresh seeded Generator per
+  document as in tf.data;
 * `tf_data`: `cm3_mask_tf` mapped over a `tf.data.Dataset` (sequential map, so the figure is per
   core), which adds one `tf.numpy_function` hop per document;
 * `tf_data_batched`: `cm3_mask_batch_tf` on batches of 64 documents (one hop per batch), the

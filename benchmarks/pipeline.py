@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/pipeline.py      # writes benchmarks/results/pipeline.json
 
-Pipeline: `cm3leon_jax.data.input.pipeline.pretrain_dataset` (read shards -> shuffle -> parse -> lay out
-`ret_1 <break> ret_2 <break> query <eos>` -> CM3 mask -> pack -> batch -> prefetch), default CM3
+Pipeline: `cm3leon_jax.data.input.pipeline.pretrain_dataset` (read shards -> shuffle -> parse -> lay
+out `ret_1 <break> ret_2 <break> query <eos>` -> CM3 mask -> pack -> batch -> prefetch), default CM3
 settings, training mode (endless, shuffled), one host, 8 rows per batch, on synthetic shards of
 realistic documents written by this script: a caption of 18-22 text tokens and an image of 64 codes
 (8x8, the small case, rows of 1,024) or 1,024 codes (32x32, rows of 4,096), each record with 2
@@ -19,8 +19,8 @@ step of `cm3leon_jax/train/step.py` (AdamW), batch 8, at its own max_seq_len (12
 
 TPU need: tokens/s per host that the 350M preset consumes on a TPU v5e-8 host at 50% MFU:
 8 chips x 197 TFLOP/s (bf16) x 0.5 / FLOPs per token, with FLOPs per token = 6 N + 12 L d T
-(N = exact parameter count of experiments/cm3leon_350m.py via `accounting.count_params`, L = 24 layers,
-d = 1,024, T = 4,096), and the same with `memory_plan.make_plan`'s accounting (6 x matmul weights only).
+(N = exact parameter count of experiments/cm3leon_350m.py via `accounting.count_params`, L = 24
+layers, d = 1,024, T = 4,096), and the same with `memory_plan.make_plan`'s accounting (6 x matmul weights only).
 """
 
 from __future__ import annotations

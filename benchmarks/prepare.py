@@ -35,7 +35,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 import tiny_stack  # noqa: E402
 
-from cm3leon_jax.data import prepare, sources  # noqa: E402
+from cm3leon_jax.data.sources import catalog
+
+from cm3leon_jax.data import prepare  # noqa: E402
 from cm3leon_jax import config  # noqa: E402
 from cm3leon_jax.vocab import Vocabulary  # noqa: E402
 
@@ -62,7 +64,7 @@ def prepare_run(root: pathlib.Path, vocab_dir: pathlib.Path, documents: int, ima
     cfg.prepare = ml_collections.ConfigDict(dict(num_shards=8, encode_batch_size=64,
                                                  splits=("train",), retrieval="off",
                                                  vocab_dir=str(vocab_dir), beam_options=options))
-    sources.prepared_builder(config.data_config(cfg), str(root))  # build the data set untimed
+    catalog.prepared_builder(config.data_config(cfg), str(root))  # build the data set untimed
     workdir = root / f"work{workers}_{documents}"
     start = time.perf_counter()
     figures = prepare.prepare(cfg, str(workdir))

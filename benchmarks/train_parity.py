@@ -62,7 +62,8 @@ def build_project(root: str, seq_len: int):
 
     from cm3leon_jax import config
     from cm3leon_jax.config import TextTokenizerConfig, VocabConfig, VQGANConfig
-    from cm3leon_jax.data import prepare, sources
+    from cm3leon_jax.data.sources import catalog
+    from cm3leon_jax.data import prepare
     from cm3leon_jax.tokenizers.image_tokenizer import ImageTokenizer
     from cm3leon_jax.tokenizers.text import TextTokenizer
     from cm3leon_jax.tokenizers.vqgan import VQGAN
@@ -74,7 +75,7 @@ def build_project(root: str, seq_len: int):
                             vocab_dir=os.path.join(root, "vocab"), splits=("train",)))
     cfg.cm3.seq_len = seq_len
     data = config.data_config(cfg)
-    captions = [e["caption"] for e in sources.numpy_examples(data, root, "train")]
+    captions = [e["caption"] for e in catalog.numpy_examples(data, root, "train")]
     text = TextTokenizer.train(iter(captions), TextTokenizerConfig(vocab_size=320))
     vq = VQGANConfig(image_size=32, downsample_factor=4, channels=16, channel_multipliers=(1, 2, 2),
                      norm_groups=8, codebook_size=256, code_dim=8, mid_attention=False)

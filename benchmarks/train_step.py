@@ -13,8 +13,8 @@ side's achieved FLOP rate as a fraction of its own peak in that dtype.
 
 Figures per side: tokens/s from the best and the median wall-clock step, and tokens per CPU
 second (process CPU time: on a shared machine this is the steadier measure of the work done;
-it counts spinning worker threads too). FLOPs per token: `cm3leon_jax.accounting.flops_per_token`
-(6N + the attention term). Writes benchmarks/results/train_step.json.
+it counts spinning worker threads too). FLOPs per token:
+`cm3leon_jax.models.accounting.flops_per_token` (6N + the attention term). Writes benchmarks/results/train_step.json.
 
 JAX choices that matter on XLA:CPU (see models/matmul.py, models/attention.py and
 docs/BENCHMARKS.md for the measurements): unrolled layers (`scan_layers=False`: a scan stacks

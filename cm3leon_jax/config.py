@@ -152,7 +152,6 @@ def from_dict(raw: Any, cls: type[S], prefix: str) -> S:
 
 Split = Literal["train", "validation", "test"]
 DataSource = Literal["shapes", "folder", "tfds", "webdataset"]
-DATA_SOURCES = typing.get_args(DataSource)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,11 +277,8 @@ def prepare_config(cfg: ml_collections.ConfigDict) -> PrepareConfig:
 # --------------------------------------------------------------------------------------------------
 
 ModelPreset = Literal["cm3leon", "chameleon"]
-MODEL_PRESETS = typing.get_args(ModelPreset)
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
-COMPUTE_DTYPES = typing.get_args(ComputeDtype)
 ParamDtype = Literal["float32", "bfloat16"]
-PARAM_DTYPES = typing.get_args(ParamDtype)
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 REMAT_POLICIES = typing.get_args(RematPolicy)
 AttentionImplementation = Literal["auto", "xla", "cudnn", "splash"]
@@ -511,17 +507,11 @@ def mesh_config(cfg: ml_collections.ConfigDict) -> MeshConfig:
 # (cm3leon_jax/tokenizers/, cm3leon_jax/vocab.py)
 
 EncoderContext = Literal["global", "local"]
-ENCODER_CONTEXTS = typing.get_args(EncoderContext)
 CodebookLookup = Literal["cosine", "l2"]
-CODEBOOK_LOOKUPS = typing.get_args(CodebookLookup)
 CodebookUpdate = Literal["loss", "ema"]
-CODEBOOK_UPDATES = typing.get_args(CodebookUpdate)
 ReconstructionLoss = Literal["l1", "l2"]
-RECONSTRUCTION_LOSSES = typing.get_args(ReconstructionLoss)
 RestartSampling = Literal["uniform", "error"]
-RESTART_SAMPLING = typing.get_args(RestartSampling)
 TextModelType = Literal["bpe", "unigram"]
-TEXT_MODEL_TYPES = typing.get_args(TextModelType)
 # 256 byte pieces + <unk> + room for the corpus's characters and a few merges.
 MIN_TEXT_VOCAB_SIZE = 300
 
@@ -763,7 +753,6 @@ class VocabConfig(Section):
 # --------------------------------------------------------------------------------------------------
 
 RetrievalActivation = Literal["quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh"]
-RETRIEVAL_ACTIVATIONS = typing.get_args(RetrievalActivation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -791,9 +780,9 @@ class RetrievalConfig(Section):
     exact_search_below: corpora smaller than this use exact (brute-force) search, no ScaNN tree.
     index_num_leaves / index_leaves_to_search / index_training_sample_size / index_reorder: ScaNN
       tree and re-scoring sizes; 0 derives them from the corpus size (see `index.scann_parameters`).
-    index_ah_training_sample_size: points the asymmetric-hashing codebooks train on; 0 = min(N, 30k).
-    index_dims_per_block: dimensions per asymmetric-hashing block (score_ah; 2 = 16 codes / 2 dims).
-    index_anisotropic_threshold: 0 = plain (isotropic) asymmetric hashing; > 0, e.g. 0.2, turns on
+    index_ah_training_sample_size: points the asymmetric-hashing codebooks train on; 0 = min(N,
+    30k). index_dims_per_block: dimensions per asymmetric-hashing block (score_ah; 2 = 16 codes / 2
+    dims). index_anisotropic_threshold: 0 = plain (isotropic) asymmetric hashing; > 0, e.g. 0.2, turns on
       ScaNN's anisotropic quantisation, which nearly doubled the build at 1M documents for no recall
       gain once the best candidates are re-scored exactly (docs/BENCHMARKS.md, Retrieval).
     index_shards: ScaNN trees over contiguous ranges of the bank, each searched alone and the
@@ -807,7 +796,7 @@ class RetrievalConfig(Section):
     patch_size: ViT patch side; must divide `data.image_size`.
     mlp_ratio: MLP width as a multiple of the tower width.
     projection_dim: shared embedding size.
-    activation: one of RETRIEVAL_ACTIVATIONS (HF `hidden_act` names).
+    activation: the activation (HF `hidden_act` names).
     encoder_dir: where the encoder's checkpoints live; empty means `<workdir>/retrieval_encoder`.
 
     Contrastive training (`retrieval/train_encoder.py`):
@@ -1070,9 +1059,7 @@ def sft_config(cfg: ml_collections.ConfigDict) -> SFTConfig:
 
 
 LRDecay = Literal["cosine", "linear", "constant"]
-LR_DECAYS = typing.get_args(LRDecay)
 NonfinitePolicy = Literal["stop", "skip"]
-NONFINITE_POLICIES = typing.get_args(NonfinitePolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1253,7 +1240,8 @@ class SuperresConfig(Section):
       `generate --upscale` use the upsampler on the base model's output).
     high_tokenizer: the high-resolution VQ-GAN; empty = `<workdir>/tokenizers_hr`.
     vocab_dir: the base vocabulary (text tokenizer and id layout); empty = the one named by
-      `<workdir>/prepared/manifest.json`, else `<workdir>/vocab`.
+      `<workdir>/prepared/manifest.json`, else the workdir's trained or imported one
+      (`paths.Workdir.vocab_candidates`).
     use_caption: condition on the caption too (`caption <break>` before the low codes).
     caption_dropout: share of training rows whose caption is dropped (so captionless prompts work).
     max_caption_tokens: captions are cut to this many text ids.
@@ -1369,11 +1357,24 @@ def complete(cfg: ml_collections.ConfigDict,
         if name in SECTIONS and name not in cfg:
             cfg[name] = ml_collections.ConfigDict()
     for name, cls in SECTIONS.items():
-        if name not in cfg or not isinstance(cfg[name], ml_collections.ConfigDict):
-            continue
-        for field in dataclasses.fields(cls):
-            if field.name not in cfg[name]:
-                default = (field.default if field.default is not dataclasses.MISSING
-                           else field.default_factory())
-                cfg[name][field.name] = default
+        _fill(cfg.get(name), cls)
+    demo = cfg.get("demo")
+    if isinstance(demo, ml_collections.ConfigDict):  # the demo's stages carry their own sections
+        _fill(demo.get("pretrain_train"), TrainConfig)
+        _fill(demo.get("sft_train"), TrainConfig)
+        superres = demo.get("superres")
+        if isinstance(superres, ml_collections.ConfigDict):
+            _fill(superres.get("high_tokenizer_train"), VQGANTrainConfig)
+            if isinstance(superres.get("upsampler"), ml_collections.ConfigDict):
+                complete(superres.upsampler)
     return cfg
+
+
+def _fill(section_cfg: Any, cls: type[Section]) -> None:
+    """Adds `cls`'s missing fields, with their defaults, to `section_cfg` (a ConfigDict)."""
+    if not isinstance(section_cfg, ml_collections.ConfigDict):
+        return
+    for field in dataclasses.fields(cls):
+        if field.name not in section_cfg:
+            section_cfg[field.name] = (field.default if field.default is not dataclasses.MISSING
+                                       else field.default_factory())

@@ -15,8 +15,8 @@ library calls as its own entry point, and leaves something to look at after each
    CIDEr-D, VQA, editing; `cm3leon_jax/evaluate.py`), with the grids `W/demo/text2image.png`
    (real next to generated), `captions.png` and `edits.png`, and captions and answers printed;
 8. superres: a VQ-GAN at twice the image size, fine-tuned from the base one on base-size crops,
-   the upsampler trained on it (`cm3leon_jax/superres.py`), and the tuned model's text-to-image
-   at base resolution next to its upscaled version, `W/demo/upscaled.png`.
+   the upsampler trained on it (`cm3leon_jax/superres/stage.py`), and the tuned model's
+   text-to-image at base resolution next to its upscaled version, `W/demo/upscaled.png`.
 
 `--config.demo.stages` runs a prefix of them (every stage needs the ones before it).
 """
@@ -30,17 +30,17 @@ from etils import epath
 import ml_collections
 
 from cm3leon_jax import cli, config, console, paths, results, visualize
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.data.sources.shapes import builder as shapes_builder
 from cm3leon_jax.data.sources.shapes import verifier
 
 
 def data_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     data = config.data_config(cfg)
-    ready = sources.prepared_builder(data, workdir)
-    sizes = {split: sources.split_size(data, workdir, split) for split in sources.SPLITS}
+    ready = catalog.prepared_builder(data, workdir)
+    sizes = {split: catalog.split_size(data, workdir, split) for split in catalog.SPLITS}
     logging.info("data set %s: %s", ready.info.full_name, sizes)
-    examples = list(sources.numpy_examples(data, workdir, "train", limit=cfg.demo.grid_examples))
+    examples = list(catalog.numpy_examples(data, workdir, "train", limit=cfg.demo.grid_examples))
     grid = paths.Workdir(workdir).demo / "examples.png"
     visualize.save_grid(grid, [e["image"] for e in examples], [e["caption"] for e in examples])
     figures = {f"{split}_examples": n for split, n in sizes.items()}
@@ -64,7 +64,7 @@ def tokenizer_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     verdict = (f"verifier exact-match on reconstructions {vq['verifier_exact_match']:.2f}"
                if "verifier_exact_match" in vq else vq.get("verifier", "no verifier figure"))
     console.say(f"[demo] tokenizers: VQ-GAN PSNR {vq['psnr_db']:.1f} dB, SSIM {vq['ssim']:.3f}, "
-          f"{verdict}; originals over reconstructions -> {target}")
+                f"{verdict}; originals over reconstructions -> {target}")
     return {k: v for k, v in vq.items() if isinstance(v, (int, float))}
 
 
@@ -123,12 +123,12 @@ def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             (out / name).write_bytes(epath.Path(figures[task]["grid"]).read_bytes())
             pictures.append(str(out / name))
     console.say(f"[demo] evaluate ({figures['stage']}, {settings.num_examples} test examples): "
-          + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks))
+                + "; ".join(f"{task} {tasks.summary(task, figures[task])}" for task in settings.tasks))
     for sample in figures.get("caption", {}).get("samples", []):
         console.say(f"[demo]   caption: {sample['generated']!r} (the scene: {sample['reference']!r})")
     for sample in figures.get("vqa", {}).get("samples", []):
         console.say(f"[demo]   VQA: {sample['question']} -> {sample['generated']!r} "
-              f"(answer: {sample['answer']!r})")
+                    f"(answer: {sample['answer']!r})")
     console.say(f"[demo] pictures: {', '.join(pictures)}")
     return {k: v for k, v in tasks.scalars(figures).items() if not k.endswith("/seconds")}
 
@@ -168,7 +168,6 @@ def superres_configs(cfg: ml_collections.ConfigDict
 def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.superres import stage as superres, upsampler  # noqa: PLC0415
     from cm3leon_jax.generation.generator import Generator  # noqa: PLC0415
-    from cm3leon_jax.generation.sampling import SamplingConfig  # noqa: PLC0415
     from cm3leon_jax.tokenizers import train_vqgan  # noqa: PLC0415
 
     high_cfg, upsampler_cfg = superres_configs(cfg)
@@ -179,15 +178,15 @@ def superres_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     test = trained[config.superres_config(upsampler_cfg).eval_split]
     generator = Generator.from_workdir(workdir, retrieval=False)
     up = upsampler.Upsampler.from_workdir(workdir)
-    captions = [e["caption"] for e in sources.numpy_examples(
+    captions = [e["caption"] for e in catalog.numpy_examples(
         config.data_config(cfg), workdir, "test", limit=cfg.demo.superres.grid_captions)]
     target = paths.Workdir(workdir).demo / "upscaled.png"
     upsampler.upscaled_text_to_image(generator, up, captions, num_samples=1,
-                                     sampling=SamplingConfig(cfg_scale=3.0, top_p=0.9),
+                                     sampling=config.IMAGE_SAMPLING,
                                      out=str(target))
     console.say(f"[demo] superres: high-res VQ-GAN {high['psnr_db']:.1f} dB; upsampler "
-          f"{test['upsampler']['psnr_db']:.1f} dB vs bicubic {test['bicubic']['psnr_db']:.1f} dB "
-          f"on {test['num_images']} test images; base next to upscaled -> {target}")
+                f"{test['upsampler']['psnr_db']:.1f} dB vs bicubic {test['bicubic']['psnr_db']:.1f} dB "
+                f"on {test['num_images']} test images; base next to upscaled -> {target}")
     return {"high_vqgan_psnr_db": high["psnr_db"], "upsampler_steps": trained["steps"],
             "upsampler_psnr_db": test["upsampler"]["psnr_db"],
             "bicubic_psnr_db": test["bicubic"]["psnr_db"],
@@ -236,8 +235,8 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         **{f"{k}/{m}": v for k, f in done.items() for m, v in f.items()}})
     skipped = [s for s in STAGES if s not in done]
     console.say(f"[demo] finished {len(done)} stage(s) in {total:.0f} s ({seconds}); skipped: "
-          f"{', '.join(skipped) or 'none'}; pictures in {paths.Workdir(workdir).demo}, figures in "
-          f"{paths.Workdir(workdir).metrics}")
+                f"{', '.join(skipped) or 'none'}; pictures in {paths.Workdir(workdir).demo}, figures in "
+                f"{paths.Workdir(workdir).metrics}")
 
 
 if __name__ == "__main__":

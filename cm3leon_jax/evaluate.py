@@ -17,8 +17,8 @@ accuracy judged by the `shapes` verifier, FID on the retrieval bi-encoder's imag
 (VQ-GAN latents when W has no trained encoder; `fid_features` says which), CLIP score;
 captioning CIDEr-D and attribute-word accuracy; VQA normalised exact match; editing verifier
 accuracy. `--fid_weights PATH` (pytorch-fid's Inception file, which nothing here downloads) makes
-FID the standard one, comparable with published figures. The model's config comes from its checkpoint (or `--config`), the test examples from
-that config's `data` section. Every figure is at a fixed `--seed` and `--num_examples`.
+FID the standard one, comparable with published figures. The model's config comes from its
+checkpoint (or `--config`), the test examples from that config's `data` section. Every figure is at a fixed `--seed` and `--num_examples`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 
 from absl import app, flags
 
-from cm3leon_jax import cli, console  # cli also defines --config and --workdir
+from cm3leon_jax import cli, console, paths  # cli also defines --config and --workdir
 from cm3leon_jax.evaluation.tasks import EvalSettings
 
 DEFAULTS = EvalSettings()  # every flag's default is the library's
@@ -114,7 +114,7 @@ def run_table(workdir: str) -> str:
                            if isinstance(v, (int, float)) and not isinstance(v, bool)
                            and k != "cfg_scale"})
     tasks.write_tensorboard(workdir, 0, values)
-    out = epath.Path(_RESULTS_MD.value or epath.Path(workdir) / "RESULTS.md")
+    out = epath.Path(_RESULTS_MD.value or paths.Workdir(workdir).results_table)
     command = "python -m cm3leon_jax.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table.write_markdown(out, table.markdown(result, workdir, command))
     return str(out)
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
         if _TABLE.value:
             out = run_table(FLAGS.workdir)
             console.say(f"[evaluate] ablation table -> {out}; figures in "
-                  f"{os.path.join(FLAGS.workdir, 'metrics.json')} (evaluate_table)")
+                        f"{paths.Workdir(FLAGS.workdir).metrics} (evaluate_table)")
             return
         from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
 
@@ -137,10 +137,10 @@ def main(argv: list[str]) -> None:
     except (ConfigError, FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    console.say(f"[evaluate] {figures['stage']} step {figures['step']}, {figures['num_examples']} "
-          f"examples, seed {figures['seed']}: figures in "
-          f"{os.path.join(FLAGS.workdir, 'metrics.json')} (evaluate), TensorBoard in "
-          f"{os.path.join(FLAGS.workdir, 'evaluate', 'tensorboard')}")
+    work = paths.Workdir(FLAGS.workdir)
+    console.say(f"[evaluate] {figures['stage']} step {figures['step']}, "
+                f"{figures['num_examples']} examples, seed {figures['seed']}: figures in "
+                f"{work.metrics} (evaluate), TensorBoard in {work.evaluation / 'tensorboard'}")
 
 
 if __name__ == "__main__":

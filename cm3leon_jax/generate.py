@@ -15,12 +15,12 @@
 
 The model is W/sft when it has a checkpoint, else W/pretrain (`--stage` chooses); its config comes
 from the checkpoint (or `--config experiments/<file>.py`), the vocabulary from
-W/prepared/manifest.json (or W/vocab). Prompts follow the chosen stage's training layout and SFT
-templates (`cm3leon_jax/generation/prompts.py`). When W has a retrieval index, text-to-image and
-captioning prompts of the pretrained model get 2 retrieved documents in front, as in its training
-(`--retrieval off` or `--no_retrieval` turns that off); the SFT model's prompts get none unless
-`--retrieval on` (its instruction examples never had any, and with them the demo's SFT model
-answered "no." instead of captioning).
+W/prepared/manifest.json (or W/tokenizers/vocab, or an imported W/vocab). Prompts follow the chosen
+stage's training layout and SFT templates (`cm3leon_jax/generation/prompts.py`). When W has a
+retrieval index, text-to-image and captioning prompts of the pretrained model get 2 retrieved
+documents in front, as in its training (`--retrieval off` or `--no_retrieval` turns that off); the
+SFT model's prompts get none unless `--retrieval on` (its instruction examples never had any, and
+with them the demo's SFT model answered "no." instead of captioning).
 
 Images are written as one PNG grid (`--out`, default W/generated/<task>.png): N samples best first
 (reranked by the retrieval encoder's text-image score when W has one, else by the model's mean
@@ -51,7 +51,7 @@ from absl import app, flags
 # The shared `--config` / `--workdir` flags (defined once for every entry point: modules such as
 # the retriever import `cli` too, and absl refuses a flag defined twice). Here `--config` is
 # optional: by default the model's config is the one saved in its checkpoint.
-from cm3leon_jax import cli  # also defines --config and --workdir
+from cm3leon_jax import cli, paths  # cli also defines --config and --workdir
 from cm3leon_jax.config import IMAGE_SAMPLING, ConfigError, SamplingConfig
 
 TASKS = ("text2image", "caption", "vqa", "edit", "infill", "upscale")
@@ -158,7 +158,7 @@ def run_upscale(workdir: str) -> dict:
     captions = [_PROMPT.value] if _PROMPT.value else None
     upscaled = upsampler.upsample_images(source, captions, sampling=sampling, seed=_SEED.value)
     size = upsampler.meta.high_image_size
-    out = _OUT.value or os.path.join(workdir, "generated", "upscale.png")
+    out = _OUT.value or str(paths.Workdir(workdir).generated / "upscale.png")
     visualize.save_grid(out, [source[0], image_metrics.bicubic(source, size)[0], upscaled[0]],
                         [f"input resized to {source.shape[1]}px", f"bicubic {size}px",
                          f"upsampler {size}px"], columns=3)
@@ -225,7 +225,7 @@ def run(workdir: str, task: str) -> dict:
         report["prompt"] = _PROMPT.value
 
     if image_task:
-        out = _OUT.value or os.path.join(workdir, "generated", f"{task}.png")
+        out = _OUT.value or str(paths.Workdir(workdir).generated / f"{task}.png")
         label = report.get("prompt") or report.get("instruction")
         texts = [f"{label} | #{i + 1} {result.score_name} {score:.3f}"
                  for i, score in enumerate(result.scores)]

@@ -38,12 +38,16 @@ LAYOUT = (
     ("sft/", "sft", "the instruction-tuned run, laid out like pretrain/"),
     ("superres/", "superres", "the upsampler's run; upsampler/ is its export for generate"),
     ("evaluate/", "evaluate", "sample grids and TensorBoard events of the task metrics"),
+    ("RESULTS.md", "evaluate --table", "the ablation table (unless --results_md names a file)"),
+    ("generated/", "generate", "what generate writes unless --out names a file"),
+    ("inspect/", "data.inspect", "decoded training rows and the row composition"),
     ("vocab/", "export import", "the vocabulary of a model imported from Hugging Face"),
+    ("imported_model.json", "export import", "what was imported from Hugging Face, from where"),
+    ("imported_config.py", "export import", "the config to fine-tune the imported model with"),
     ("demo/", "demo", "the pictures the demo shows: reconstructions, samples, upscaled"),
     ("metrics.json", "every stage", "each stage's final figures, one object per stage"),
 )
 
-DECODER_RUNS = ("pretrain", "sft", "superres")
 SUPERRES_RUN = "superres"
 CHECKPOINTS = "checkpoints"  # inside every run directory (decoder, VQ-GAN, bi-encoder)
 UPSAMPLER_EXPORT = "upsampler"  # inside the superres run
@@ -136,6 +140,26 @@ class Workdir:
         return self.root / "evaluate"
 
     @property
+    def results_table(self) -> epath.Path:
+        return self.root / "RESULTS.md"
+
+    @property
+    def generated(self) -> epath.Path:
+        return self.root / "generated"
+
+    @property
+    def inspect(self) -> epath.Path:
+        return self.root / "inspect"
+
+    @property
+    def imported_model(self) -> epath.Path:
+        return self.root / "imported_model.json"
+
+    @property
+    def imported_config(self) -> epath.Path:
+        return self.root / "imported_config.py"
+
+    @property
     def demo(self) -> epath.Path:
         return self.root / "demo"
 
@@ -151,11 +175,12 @@ def checkpoints_of(run_directory: str | epath.Path) -> epath.Path:
 
 def describe(width: int = 100) -> str:
     """The layout as the README shows it: each path, what it holds and which command writes it."""
+    column = max(len(path) for path, _, _ in LAYOUT) + 2
     lines = ["W/"]
-    indent = " " * 32
     for path, writer, holds in LAYOUT:
-        lines += textwrap.wrap(f"{holds} [{writer}]", width, initial_indent=f"  {path:<30}",
-                               subsequent_indent=indent)
+        lines += textwrap.wrap(f"{holds} [{writer}]", width,
+                               initial_indent=f"  {path:<{column}}",
+                               subsequent_indent=" " * (column + 2))
     return "\n".join(lines)
 
 

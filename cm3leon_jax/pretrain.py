@@ -3,8 +3,8 @@
     python -m cm3leon_jax.pretrain --config experiments/pretrain_tiny.py --workdir W
 
 Reads the shards that `python -m cm3leon_jax.data.prepare` wrote into W/prepared (each row:
-`ret_1 <break> ret_2 <break> query <eos>`, CM3-masked and packed), trains the decoder with the shared
-loop (checkpoints, resume, metrics in W/pretrain, final figures in W/metrics.json under
+`ret_1 <break> ret_2 <break> query <eos>`, CM3-masked and packed), trains the decoder with the
+shared loop (checkpoints, resume, metrics in W/pretrain, final figures in W/metrics.json under
 "pretrain"), and evaluates on the validation split with and without the retrieved documents
 (loss and perplexity by modality). With `config.samples.num_captions` > 0 each eval also writes a
 grid of text-to-image samples for fixed validation captions to TensorBoard (`train/samples.py`).

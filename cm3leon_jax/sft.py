@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from etils import epath
 import ml_collections
 import numpy as np
 
@@ -84,7 +83,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     train = setup.train
     if not train.init_from:
         pretrained = paths.Workdir(workdir).run("pretrain")
-        if not paths.checkpoints_of(pretrained).exists():
+        if not paths.Workdir(workdir).has_checkpoint("pretrain"):
             raise FileNotFoundError(f"no pretraining checkpoint in {pretrained}: run "
                                     "`python -m cm3leon_jax.pretrain` first or set "
                                     "--config.train.init_from")
@@ -106,7 +105,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                   setup.image_range, setup.fingerprint, setup.cm3.seq_len,
                                   on_eval=samples.make_on_eval(cfg, setup, STAGE),
                                   vocab_fingerprint=setup.vocab.fingerprint)
-    out = loop.train(train, str(epath.Path(workdir) / STAGE), task, cfg.to_dict(),
+    out = loop.train(train, str(paths.Workdir(workdir).run(STAGE)), task, cfg.to_dict(),
                      metrics_workdir=workdir)
     results.write_metrics(workdir, "sft_tasks", coverage)
     return {**out, "tasks": coverage}

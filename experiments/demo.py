@@ -3,8 +3,8 @@
     python -m cm3leon_jax.demo --workdir /tmp/cm3leon_demo
     python -m cm3leon_jax.demo --config experiments/demo.py:level3 --workdir W   # harder data
 
-The argument is the `shapes` level (data/sources/shapes/levels.py): level1 (the default: one object on a
-plain background, 432 object layouts), level2 or level3. Runs every stage at its tiny setting
+The argument is the `shapes` level (data/sources/shapes/levels.py): level1 (the default: one object
+on a plain background, 432 object layouts), level2 or level3. Runs every stage at its tiny setting
 (`experiments/pretrain_tiny.py` + `sft_tiny.py` at that level): build `shapes`, train the
 tokenizers (VQ-GAN with a local encoder and edge-weighted loss, 2,700 steps, + sentencepiece),
 train the retrieval bi-encoder (250 steps) and build its index and neighbour tables, prepare the

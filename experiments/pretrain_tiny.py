@@ -2,8 +2,8 @@
 
     python -m cm3leon_jax.pretrain --config experiments/pretrain_tiny.py --workdir W
 
-The argument is the `shapes` level (`experiments/pretrain_tiny.py:level3`; data/sources/shapes/levels.py);
-default level1, the demo's. W must hold the prepared shards (`python -m cm3leon_jax.data.prepare
+The argument is the `shapes` level (`experiments/pretrain_tiny.py:level3`;
+data/sources/shapes/levels.py); default level1, the demo's. W must hold the prepared shards (`python -m cm3leon_jax.data.prepare
 --config experiments/pretrain_tiny.py --workdir W`, after the tokenizers and, optionally,
 retrieval). The same file configures every stage of the tiny project (data, tokenizers, retrieval,
 prepare, model, training), so one `--config` serves the whole chain; `python -m cm3leon_jax.demo`

@@ -4,11 +4,11 @@
         --workdir W/tokenizers_hr --config.vqgan_train.init_from=<the base VQ-GAN>
     python -m cm3leon_jax.superres --config experiments/superres_shapes.py --workdir W
 
-W holds the base project's vocabulary (W/prepared/manifest.json's, else W/vocab; or
-`--config.superres.vocab_dir`), whose VQ-GAN is the low-res tokenizer, and the high-res VQ-GAN in
-W/tokenizers_hr (or `--config.superres.high_tokenizer`). The upsampler is the project's decoder
-(chameleon preset: RoPE, so the fixed distance between a high code and the low code under it is
-easy to find) with a smaller config than the base model: 4 layers, d_model 128, 4 heads;
+W holds the base project's vocabulary (W/prepared/manifest.json's, else W/tokenizers/vocab or
+W/vocab; or `--config.superres.vocab_dir`), whose VQ-GAN is the low-res tokenizer, and the high-res
+VQ-GAN in W/tokenizers_hr (or `--config.superres.high_tokenizer`). The upsampler is the project's
+decoder (chameleon preset: RoPE, so the fixed distance between a high code and the low code under it
+is easy to find) with a smaller config than the base model: 4 layers, d_model 128, 4 heads;
 vocabulary = the base layout (22 special + 512 text + 512 low codes) + 512 high codes = 1,558 ids,
 padded to 1,664; rows of 518 tokens (`<boi>` 256 aligned low codes `<eoi> <break> <boi>` 256 high
 codes `<eoi> <eos>`), padded to 520. Captions are off by default

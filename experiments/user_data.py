@@ -25,11 +25,11 @@ follows `data.image_size` (the VQ-GAN's input is tied to it) and scales by overr
   captions, retrieval recall (images sharing a caption count as right answers for each other).
 
 Measured: not yet at this size. No real image set may be downloaded here, and this session's CPU
-went to the level-3 quality run; tests/integration/test_user_data.py runs this config's chain as the README
-writes it, at 32 px for a few steps, on photo-like generated pictures (`python tests/user_folder.py
-OUT COUNT` makes a folder of them): that proves the path, not the quality. On real photographs
-expect the tokenizer's PSNR to bound everything else, and raise `data.image_size` (128-256) with
-`vqgan.*` and the steps on an accelerator.
+went to the level-3 quality run; tests/integration/test_user_data.py runs this config's chain as the
+README writes it, at 32 px for a few steps, on photo-like generated pictures (`python
+tests/user_folder.py OUT COUNT` makes a folder of them): that proves the path, not the quality. On
+real photographs expect the tokenizer's PSNR to bound everything else, and raise `data.image_size`
+(128-256) with `vqgan.*` and the steps on an accelerator.
 """
 
 import ml_collections

@@ -2,11 +2,11 @@
 local encoder (`vqgan.encoder_context="local"`) and edges weighted in the loss, trained 2,700 steps
 instead of 12,000 (no GAN: vqgan_shapes.py measured it no help on these images).
 
-    python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_tiny.py:level1 --workdir W
-    python -m cm3leon_jax.tokenizers.train_all --config experiments/vqgan_tiny.py:level1 --workdir W
+    python -m cm3leon_jax.tokenizers.train_vqgan --config experiments/vqgan_tiny.py:level1 --workdir
+    W python -m cm3leon_jax.tokenizers.train_all --config experiments/vqgan_tiny.py:level1 --workdir W
 
-The argument is the `shapes` level (data/sources/shapes/levels.py; default level1, the demo's). The second
-command also trains the sentencepiece tokenizer and writes the vocabulary
+The argument is the `shapes` level (data/sources/shapes/levels.py; default level1, the demo's). The
+second command also trains the sentencepiece tokenizer and writes the vocabulary
 (`cm3leon_jax.tokenizers.train_all.train_tokenizers`, the demo's tokenizer stage).
 
 Measured on level 1 (test split, 200 images) on the 2-core CPU machine, 3,000 steps of batch 8

@@ -5,10 +5,10 @@
         [--config experiments/<name>.py]
     python -m cm3leon_jax.data.inspect --workdir W --composition 50 --config ...
 
-Reads `<workdir>/prepared` through the same pipeline training uses (`data/input/pipeline.py`, with the
-config's `cm3` section, and `sft` with `--sft`) and prints each row segment by segment (one packed
-document per segment): text as text, a whole image as `[image 8×8]` (with `--save_images` also
-decoded by the VQ-GAN into `<workdir>/inspect/row<r>_seg<s>_img<k>.png`), a run of image codes
+Reads `<workdir>/prepared` through the same pipeline training uses (`data/input/pipeline.py`, with
+the config's `cm3` section, and `sft` with `--sft`) and prints each row segment by segment (one
+packed document per segment): text as text, a whole image as `[image 8×8]` (with `--save_images`
+also decoded by the VQ-GAN into `<workdir>/inspect/row<r>_seg<s>_img<k>.png`), a run of image codes
 that is not a whole image (a CM3 span, a truncated image) as `[N image codes]`, special tokens by
 name (`<break>`, `<mask:0>`, `<eos>`).
 
@@ -21,8 +21,8 @@ the row slots that is padding, image codes, text, structural tokens, appended CM
 tokens with loss, for pretraining (with and without retrieval; the share the retrieved documents
 add) and SFT, and writes them to `<workdir>/inspect/composition.json`.
 
-The vocabulary is the one the manifest names (`prepare` records it), else `<workdir>/vocab`, or
-`--vocab`.
+The vocabulary is `--vocab`, else the one the manifest names (`prepare` records it), else the
+workdir's trained or imported one.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Row length; 0 = config.cm3.seq_le
                                 "without a `cm3` section, such as the default demo.py, use the "
                                 "CM3Config defaults).")
 _VOCAB = flags.DEFINE_string("vocab", "", "Vocabulary directory (default: the manifest's, else "
-                             "<workdir>/vocab).")
+                             "the workdir's trained or imported one).")
 _COMPOSITION = flags.DEFINE_integer(
     "composition", 0, "Instead of printing rows: what share of the row slots of this many "
     "training batches is padding, retrieved documents, CM3 spans, image codes, text, and carries "
@@ -62,13 +62,13 @@ _COMPOSITION = flags.DEFINE_integer(
 
 def find_vocab(workdir: str, prepared: epath.Path, override: str = ""):
     """The vocabulary: `override`, else the one the manifest records, else the trained one."""
-    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415 - heavy, only when run
+    from cm3leon_jax.vocab import VOCAB_FILE, Vocabulary  # noqa: PLC0415 - only when run
 
     candidates = [override] if override else []
     recorded = pipeline.read_manifest(prepared).get("vocab", "")
-    candidates += [c for c in (recorded, str(paths.Workdir(workdir).vocab())) if c]
+    candidates += [c for c in (recorded, *map(str, paths.Workdir(workdir).vocab_candidates())) if c]
     for candidate in candidates:
-        if (epath.Path(candidate) / "vocab.json").exists():
+        if (epath.Path(candidate) / VOCAB_FILE).exists():
             return Vocabulary.load(candidate)
     raise FileNotFoundError(f"no vocabulary found (looked in {', '.join(candidates)}); pass "
                             "--vocab DIR")
@@ -232,7 +232,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
                 f"{k} {v:.1%}" if k not in ("rows_slots", "documents_tokens", "tokens_per_example")
                 else f"{k} {v:,.0f}"
                 for k, v in figures.items()))
-        out = epath.Path(workdir) / "inspect" / "composition.json"
+        out = paths.Workdir(workdir).inspect / "composition.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(shares, indent=1))
         print(f"figures in {out}")
@@ -256,7 +256,7 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         from cm3leon_jax.tokenizers import grids  # noqa: PLC0415 - only when saving
 
         tokenizer = vocab.image_tokenizer()
-        out_dir = epath.Path(workdir) / "inspect"
+        out_dir = paths.Workdir(workdir).inspect
         out_dir.mkdir(parents=True, exist_ok=True)
 
         def on_image(row: int, segment: int):

@@ -47,7 +47,7 @@ import numpy as np
 
 from cm3leon_jax import cli, compilation_cache, config, console, paths, results
 from cm3leon_jax.data.offline import beam as beam_io, provenance, shards
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 
 STAGE = "prepare"
 _REMOVE = flags.DEFINE_string("remove", None, "File of document ids or source URIs to remove "
@@ -221,7 +221,7 @@ def filter_retrieval_index(cfg: ml_collections.ConfigDict, prepare: config.Prepa
     if kept is not bank:
         kept.save(directory)
         console.say(f"[prepare] retrieval index: dropped {sum(excluded.values())} of {len(bank)} "
-              f"documents ({dict(excluded)}), {len(kept)} remain; rebuilt {directory}")
+                    f"documents ({dict(excluded)}), {len(kept)} remain; rebuilt {directory}")
     return dict(excluded)
 
 
@@ -378,7 +378,7 @@ def run_pipeline(data: config.DataConfig, prep: config.PrepareConfig, workdir: s
 
 
 def _split_total(data: config.DataConfig, workdir: str, split: str) -> Optional[int]:
-    return sources.known_split_size(data, workdir, split)
+    return catalog.known_split_size(data, workdir, split)
 
 
 def write_manifest(out: epath.Path, prep: config.PrepareConfig, policy: provenance.Policy,
@@ -425,12 +425,12 @@ def write_data_card(workdir: str, data: config.DataConfig, prep: config.PrepareC
         if excluded.exists():
             split_counts.excluded.update(json.loads(excluded.read_text()))
         if data.source == "folder":
-            skipped = sources.prepared_builder(data, workdir).info.metadata.get(
+            skipped = catalog.prepared_builder(data, workdir).info.metadata.get(
                 "skipped_by_reason", {})
             if split == "train":  # bad files are counted once, at build time, for the folder
                 split_counts.excluded.update({f"bad file: {k}": v for k, v in skipped.items()})
         counts[split] = split_counts
-    data_set = sources.name(data, workdir)
+    data_set = catalog.name(data, workdir)
     return provenance.write_card(workdir, data_set=data_set, policy=policy, splits=counts,
                                  tokenizers={"vocabulary": vocab_path},
                                  shards_fingerprint=manifest["fingerprint"],
@@ -446,9 +446,9 @@ def summary(card: dict, building: dict, prep: config.PrepareConfig, seconds: flo
     total = prep.num_shards * len(prep.splits)
     documents = sum(kept.values())
     console.say(f"[prepare] kept {kept}; excluded {dict(excluded) or 'none'}; shards rebuilt "
-          f"{built}/{total} (skipped {total - built} finished); {documents} documents in "
-          f"{seconds:.0f} s ({documents / max(seconds, 1e-9):.1f} documents/s); "
-          f"fingerprint {card['shards_fingerprint'][:12]}")
+                f"{built}/{total} (skipped {total - built} finished); {documents} documents in "
+                f"{seconds:.0f} s ({documents / max(seconds, 1e-9):.1f} documents/s); "
+                f"fingerprint {card['shards_fingerprint'][:12]}")
     return {"kept": kept, "excluded": dict(excluded), "shards_rebuilt": built,
             "shards_total": total, "seconds": seconds,
             "fingerprint": card["shards_fingerprint"]}

@@ -1,7 +1,7 @@
 """Judging outputs against the ground-truth scene the `shapes` builder stores with each example.
 
-Objects are keys (shape, colour, size, position) as `data/sources/shapes/verifier.py` reads them back
-from pixels and `data/sources/shapes/builder.decode_objects` from an example's `objects` feature.
+Objects are keys (shape, colour, size, position) as `data/sources/shapes/verifier.py` reads them
+back from pixels and `data/sources/shapes/builder.decode_objects` from an example's `objects` feature.
 
 Images (text-to-image, editing): `object_scores` pairs the verifier's detected objects with the
 expected ones one-to-one, choosing the pairing that agrees on the most attributes (brute force:

@@ -19,8 +19,8 @@ network in JAX, with pytorch-fid's choices:
 
 The layer table `LAYERS` is the state dict's contract: key prefixes, channel counts, kernel
 sizes, strides and paddings. Checked against pytorch-fid 0.3.0's own model on one random state
-dict (docs/BENCHMARKS.md, "Standard FID features"); tests/unit/evaluation/test_fid_inception.py checks the file
-format, shapes and preprocessing against torch on every run.
+dict (docs/BENCHMARKS.md, "Standard FID features"); tests/unit/evaluation/test_fid_inception.py
+checks the file format, shapes and preprocessing against torch on every run.
 """
 
 from __future__ import annotations

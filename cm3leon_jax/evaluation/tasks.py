@@ -46,7 +46,6 @@ import time
 from typing import Optional
 
 from absl import logging
-from etils import epath
 import ml_collections
 import numpy as np
 
@@ -59,7 +58,6 @@ from cm3leon_jax.config import CD_K_WHEN_CHOSEN, IMAGE_SAMPLING, SamplingConfig
 TASKS = ("text2image", "caption", "vqa", "edit")
 DECODINGS = ("top_p", "cd_k")
 SFT_ONLY = ("vqa", "edit")
-OUTPUT_DIR = "evaluate"  # W/evaluate: grids and TensorBoard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ class EvalSettings:
     """What one evaluation runs (every field is a flag of `python -m cm3leon_jax.evaluate`).
 
     num_examples: test examples per task (the first ones of the split). seed: decoding seed.
-    stage: "pretrain" / "sft" (None: sft when trained). retrieval: None = the generator's default.
+    stage: pretrain or sft (None: sft when trained). retrieval: None = the generator's default.
     cfg_scale: classifier-free guidance alpha for image tokens (1 = off). decoding: "top_p"
       (temperature, top_p) or "cd_k" (contrastive decoding TopK: cd_k, cd_alpha; no top-p).
     num_samples: images per prompt, the best kept by the generator's rerank (CLIP when the
@@ -153,14 +151,14 @@ class TestSet:
 
     @classmethod
     def load(cls, cfg: ml_collections.ConfigDict, workdir: str, num_examples: int) -> "TestSet":
-        from cm3leon_jax.data import sources  # noqa: PLC0415 - imports TensorFlow
+        from cm3leon_jax.data.sources import catalog  # noqa: PLC0415 - imports TensorFlow
         from cm3leon_jax.data.sources.shapes import builder  # noqa: PLC0415
 
         if "data" not in cfg:
             raise ValueError("the run's config has no `data` section: pass --config with the file "
                              "the model was trained with")
         data = config_lib.data_config(cfg)
-        examples = list(sources.numpy_examples(data, workdir, "test", limit=num_examples))
+        examples = list(catalog.numpy_examples(data, workdir, "test", limit=num_examples))
         if len(examples) < num_examples:
             raise ValueError(f"the test split holds {len(examples)} examples, fewer than "
                              f"num_examples={num_examples}: lower --num_examples")
@@ -221,7 +219,7 @@ class Evaluator:
         self._real_features: Optional[np.ndarray] = None
         self._reconstructions: Optional[np.ndarray] = None
         self._ceiling: dict[int, dict] = {}
-        self.out_dir = epath.Path(workdir) / OUTPUT_DIR
+        self.out_dir = paths.Workdir(workdir).evaluation
 
     @property
     def stage(self) -> str:
@@ -423,7 +421,7 @@ class Evaluator:
             "data_source": self.test.source, "tokenizer": self.tokenizer(),
             "retrieval": self.retrieval_recall()}
         console.say(f"[evaluate] tokenizer: {summary('tokenizer', figures['tokenizer'])}; retrieval: "
-              f"{summary('retrieval', figures['retrieval'])}")
+                    f"{summary('retrieval', figures['retrieval'])}")
         for task in settings.tasks:
             if task in SFT_ONLY and self.stage != "sft":
                 figures[task] = {"skipped": f"{task} needs the instruction-tuned model "
@@ -475,7 +473,7 @@ def write_tensorboard(workdir: str, step: int, values: dict[str, float]) -> None
     from clu import metric_writers  # noqa: PLC0415
 
     writer = metric_writers.create_default_writer(
-        str(epath.Path(workdir) / OUTPUT_DIR / "tensorboard"),
+        str(paths.Workdir(workdir).evaluation / "tensorboard"),
         just_logging=jax.process_index() > 0)
     writer.write_scalars(int(step or 0), values)
     writer.flush()

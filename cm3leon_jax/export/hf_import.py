@@ -44,8 +44,6 @@ from cm3leon_jax.vocab import Vocabulary
 
 EXPERIMENTS = str(experiment_files.EXPERIMENTS)
 DEFAULT_BASE_EXPERIMENT = "sft_tiny.py"
-IMPORTED_MODEL_FILE = "imported_model.json"
-IMPORTED_CONFIG_FILE = "imported_config.py"
 IMPORT_STEP = 0
 # Tensors a Chameleon checkpoint carries that are not part of our decoder (its image encoder).
 IGNORED_PREFIXES = ("model.vqmodel.",)
@@ -170,16 +168,16 @@ def get_config(arg=None):
 
 def _write_config_files(workdir: str, model: ModelConfig, hf_dir: str, architecture: str,
                         checkpoints: str) -> str:
-    with open(os.path.join(workdir, IMPORTED_MODEL_FILE), "w") as handle:
+    with open(paths.Workdir(workdir).imported_model, "w") as handle:
         json.dump(dataclasses.asdict(model), handle, indent=2, sort_keys=True)
         handle.write("\n")
-    config_file = os.path.join(workdir, IMPORTED_CONFIG_FILE)
+    config_file = str(paths.Workdir(workdir).imported_config)
     with open(config_file, "w") as handle:
         handle.write(CONFIG_TEMPLATE.format(
             source=os.path.abspath(hf_dir), architecture=architecture, checkpoints=checkpoints,
             step=IMPORT_STEP, config_file=config_file, workdir=workdir,
             default_base=os.path.join(EXPERIMENTS, DEFAULT_BASE_EXPERIMENT),
-            model_file=IMPORTED_MODEL_FILE))
+            model_file=paths.Workdir(workdir).imported_model.name))
     return config_file
 
 

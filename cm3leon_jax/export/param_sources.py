@@ -127,8 +127,8 @@ def _manager(checkpoints_dir: epath.Path):
 
 
 def _checkpoint_dirs(workdir: epath.Path, stage: Optional[str]) -> list[tuple[epath.Path, str]]:
-    if paths.checkpoints_of(workdir).exists() or workdir.name == "checkpoints":
-        run = workdir if workdir.name != "checkpoints" else workdir.parent
+    if paths.checkpoints_of(workdir).exists() or workdir.name == paths.CHECKPOINTS:
+        run = workdir if workdir.name != paths.CHECKPOINTS else workdir.parent
         return [(paths.checkpoints_of(run), run.name)]
     stages = [stage] if stage else ["sft", "pretrain"]
     return [(paths.Workdir(workdir).checkpoints(name), name) for name in stages]

@@ -5,8 +5,8 @@ Read in this order: `sampling.py` (temperature / top-k / top-p / the draw), `con
 `guidance.py` (classifier-free guidance, contrastive decoding TopK), `models/kv_cache.py` (the
 decode cache the decoder itself reads and writes), `decode.py` (the jit-compiled
 `lax.while_loop` that puts them together), `prompts.py` (task prompts in the trained layouts),
-`retrieval.py` (retrieved documents before the prompt), `rerank.py` (best of N by CLIP score),
-`generator.py` (tasks on strings and images; `Generator.from_workdir`). The command line is
+`retrieved_context.py` (retrieved documents before the prompt), `rerank.py` (best of N by CLIP
+score), `generator.py` (tasks on strings and images; `Generator.from_workdir`). The command line is
 `python -m cm3leon_jax.generate`. The decoding loop on ids is `generation.decode.decode`.
 """
 

@@ -263,8 +263,8 @@ class Generator:
     def retrieval_by_default(self) -> bool:
         """Whether prompts get retrieved documents when the caller does not say: for the
         pretrained model, whose training examples all began with them; not for the SFT model,
-        whose instruction examples never had any (`data/input/sft_tasks.py`). On the demo workdir the
-        SFT model captioned a red circle "a picture of a large red circle at the top left ..."
+        whose instruction examples never had any (`data/input/sft_tasks.py`). On the demo workdir
+        the SFT model captioned a red circle "a picture of a large red circle at the top left ..."
         without them and "no." with them."""
         return self.stage == "pretrain" and self.retriever is not None
 

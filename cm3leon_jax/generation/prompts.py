@@ -31,8 +31,8 @@ words stay, they say which task this is, not what to draw), the edit instruction
 InstructPix2Pix's text guidance). Retrieved documents are left out of the unconditional prompt:
 they were retrieved *by* the condition, so they are part of it.
 
-Retrieved documents (`retrieval.py`) are prepended as `ret_1 <break> ret_2 <break>`, rendered in
-the same modality order as the query (caption first for text-to-image, image first for
+Retrieved documents (`retrieved_context.py`) are prepended as `ret_1 <break> ret_2 <break>`,
+rendered in the same modality order as the query (caption first for text-to-image, image first for
 captioning), as pretraining laid them out.
 """
 

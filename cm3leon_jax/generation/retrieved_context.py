@@ -10,8 +10,8 @@ relevance, modality, diversity; no query dropout at inference) and prepends the 
 The index stores embeddings and document ids only; the documents' tokens live in the prepared
 shards of the split the index was built over (the train split). `DocumentStore` finds a
 document's shard through the sidecar files of the shards the manifest lists (each names its
-document ids) and reads only the shards it needs, once. A bank document without a prepared record (refused by the licence
-policy, or removed since) is skipped, as `prepare` skips it.
+document ids) and reads only the shards it needs, once. A bank document without a prepared record
+(refused by the licence policy, or removed since) is skipped, as `prepare` skips it.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class PromptRetriever:
 def fit_documents(documents: Sequence[layout.Document], budget: int, special: SpecialIds,
                   image_first: bool) -> list[layout.Document]:
     """The leading documents whose rendering (each plus its `<break>`) fits `budget` tokens:
-    the least relevant (last) go first, as in training (`data/pipeline.pretrain_example`)."""
+    the least relevant (last) go first, as in training (`data/input/pipeline.pretrain_example`)."""
     kept = list(documents)
     while kept and sum(len(layout.render_document(d, special, image_first)) + 1
                        for d in kept) > budget:

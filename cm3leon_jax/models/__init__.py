@@ -2,7 +2,8 @@
 
 Read in this order: `layers.py` (norms, projections, MLPs, embeddings, RoPE), `attention.py` (the
 attention function and its masks), `kv_cache.py` (fixed-size cache for incremental decoding),
-`decoder.py` (blocks and the full model), `loss.py` (next-token cross-entropy + z-loss as sums).
+`decoder.py` (blocks and the full model), `loss.py` (next-token cross-entropy + z-loss as sums),
+`accounting.py` (parameters and FLOPs per token, from shapes alone).
 """
 
 from cm3leon_jax.models.decoder import Decoder, init_params, positions_from_segments

@@ -1,8 +1,8 @@
 """Which backward passes a traced program uses: the hand-written ones or JAX's autodiff.
 
 Three functions of the model have a custom VJP (the *parts*), each with a plain twin that JAX
-differentiates itself; both give the same gradients (tests/integration/test_train_parity.py checks both against
-torch autograd):
+differentiates itself; both give the same gradients (tests/integration/test_train_parity.py checks
+both against torch autograd):
 
 * `matmul`: the weight matmuls (`matmul.matmul` vs `matmul_autodiff`), written for XLA:CPU's GEMM
   paths: bfloat16 products that accumulate in float32 in the input-gradient too, float32 weight

@@ -72,8 +72,8 @@ def log_z_and_target_logit(logits: jax.Array, targets: jax.Array) -> tuple[jax.A
     not the float32 [..., vocab] exponentials and masks autodiff would store: measured 1.1 GB less
     step temporaries at a 32,768 vocabulary and 8,192 tokens (benchmarks/backward_passes.py's
     model; time on XLA:CPU unchanged, 0.96-1.03x), so `model.backward=auto` uses it everywhere.
-    The target logit is picked by comparing the vocabulary index with the target and summing, not by a gather, so a vocabulary sharded over
-    the `tensor` mesh axis reduces locally and all-reduces one number per token.
+    The target logit is picked by comparing the vocabulary index with the target and summing, not by
+    a gather, so a vocabulary sharded over the `tensor` mesh axis reduces locally and all-reduces one number per token.
     """
     return log_z_and_target_logit_autodiff(logits, targets)
 

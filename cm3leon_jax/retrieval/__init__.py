@@ -9,7 +9,9 @@ Read in data-flow order:
 * `index.py` — the memory bank: ScaNN or exact inner-product search, saved with a manifest;
 * `build_index.py` — embeds every training document and builds / saves the index;
 * `rules.py` — relevance, modality and diversity rules, query dropout;
-* `neighbours.py` — k neighbours of every document in batches (tables for data preparation);
+* `neighbour_table.py` — the neighbour tables and `compute_neighbours` (search + rules), read by
+  data preparation and online retrieval;
+* `neighbours.py` — the Beam command that writes a table for every split (for data preparation);
 * `retriever.py` — online retrieval and CLIP scores for generation;
 * `synthetic.py` — clustered unit vectors for index tests and the benchmark.
 """

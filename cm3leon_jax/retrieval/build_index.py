@@ -6,10 +6,10 @@ Reads the encoder from `W/retrieval_encoder` (`config.retrieval.encoder_dir`), e
 split (mean of the normalised text and image embeddings, renormalised; a progress line with rate and
 ETA), leaves out what the data policy refuses (`config.data` licences and the removals recorded by
 `prepare --remove`, counted by reason in the manifest), builds ScaNN or, below
-`config.retrieval.exact_search_below` documents, exact search, and saves it to `W/retrieval_index` (`config.retrieval.index_dir`) with its manifest. The final summary (also
-`W/metrics.json` stage "retrieval_index") gives sizes, times, and two sanity figures on a sample of
-bank documents: how often a document finds itself first, and the index's recall@10 against exact
-search (1.0 by construction for exact search).
+`config.retrieval.exact_search_below` documents, exact search, and saves it to `W/retrieval_index`
+(`config.retrieval.index_dir`) with its manifest. The final summary (also `W/metrics.json` stage
+"retrieval_index") gives sizes, times, and two sanity figures on a sample of bank documents: how
+often a document finds itself first, and the index's recall@10 against exact search (1.0 by construction for exact search).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Documents of a split, tokenized for the bi-encoder and embedded in batches.
 
-Reads through `cm3leon_jax.data.sources.load` (every source), tokenizes captions with the byte
-tokenizer inside tf.data and yields numpy batches; `embed_split` turns them into document embeddings
-(`encoder.combine_modalities`), optionally with the query dropout of the rules (training queries).
+Reads through `cm3leon_jax.data.sources.catalog.load` (every source), tokenizes captions with the
+byte tokenizer inside tf.data and yields numpy batches; `embed_split` turns them into document
+embeddings (`encoder.combine_modalities`), optionally with the query dropout of the rules (training queries).
 
 Modality: a document has text when its caption is non-empty; every document of the current sources
 has an image (a source without one would set `has_image` False per example).
@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cm3leon_jax.config import DataConfig
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.progress import Progress
 from cm3leon_jax.retrieval import byte_tokenizer, rules
 from cm3leon_jax.retrieval.encoder import BiEncoder
@@ -50,7 +50,7 @@ def tokenized(data: DataConfig, workdir: str, split: str, text_max_length: int) 
             "has_image": example.get("has_image", tf.constant(True)),
         }
 
-    return sources.load(data, workdir, split).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return catalog.load(data, workdir, split).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def batches(data: DataConfig, workdir: str, split: str, text_max_length: int, batch_size: int
@@ -103,7 +103,7 @@ def embed_split(biencoder: BiEncoder, data: DataConfig, workdir: str, split: str
                 what: Optional[str] = None) -> EmbeddedCorpus:
     """Every document of `split` embedded (row order = split order), with a progress line."""
     check_byte_encoder(biencoder)
-    total = sources.known_split_size(data, workdir, split)
+    total = catalog.known_split_size(data, workdir, split)
     progress = Progress(what or f"embedding {split} documents", total=total, unit="documents")
     ids: list[str] = []
     embeddings, multimodal, origins = [], [], []

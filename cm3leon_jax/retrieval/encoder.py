@@ -9,11 +9,11 @@ Two towers project into one embedding space:
   through `post_layernorm`, linear projection without bias.
 
 Blocks are `x + attn(ln1(x))`, `x + mlp(ln2(x))` with biased q/k/v/out and fc1/fc2 and the
-activation of the config (`quick_gelu` as in OpenAI CLIP, or exact / tanh GELU). Parameter names mirror HF's
-state dict (`text_model.encoder.layers.0.self_attn.q_proj.weight` is
+activation of the config (`quick_gelu` as in OpenAI CLIP, or exact / tanh GELU). Parameter names
+mirror HF's state dict (`text_model.encoder.layers.0.self_attn.q_proj.weight` is
 `params["text_model"]["encoder"]["layers_0"]["self_attn"]["q_proj"]["kernel"]`, transposed), which
-is what lets `load_hf_clip(directory)` import any local HF CLIP checkpoint (safetensors or torch) and
-reproduce `CLIPModel.get_text_features` / `get_image_features` to float32 rounding.
+is what lets `load_hf_clip(directory)` import any local HF CLIP checkpoint (safetensors or torch)
+and reproduce `CLIPModel.get_text_features` / `get_image_features` to float32 rounding.
 
 Our own encoder (trained by `train_encoder.py`) reads captions with the self-contained byte
 tokenizer of `byte_tokenizer.py` (BOS + UTF-8 bytes + EOS, so retrieval does not depend on the BPE

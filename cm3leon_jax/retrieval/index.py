@@ -5,8 +5,8 @@ Two searchers behind one `RetrievalIndex.search`:
 * ScaNN (`scann_ops_pybind.builder(...).tree(...).score_ah(...).reorder(...)`): a k-means tree
   partitions the bank into leaves, asymmetric hashing (4-bit codes of 2-dimension blocks) scores
   the points of the searched leaves, and the best `reorder` of them are re-scored exactly, so the
-  returned scores are exact dot products. Sizes derive from the corpus (`scann_parameters`), each overridable by
-  `config.retrieval.index_*`.
+  returned scores are exact dot products. Sizes derive from the corpus (`scann_parameters`), each
+  overridable by `config.retrieval.index_*`.
 * exact: a batched, jitted matmul + `lax.top_k` over the whole bank. Used below
   `config.retrieval.exact_search_below` documents (a tree over a few thousand points costs more than
   it saves) and as the reference the benchmark and tests measure ScaNN's recall against.

@@ -1,5 +1,5 @@
 """The neighbour tables: k retrieved documents per document of a split, as the offline lookup
-(`retrieval/neighbours.py`) writes them and as data preparation and generation read them; and
+(`retrieval/neighbours.py`) writes them and data preparation reads them; and
 `compute_neighbours`, the search + rules both the lookup and online retrieval use.
 """
 

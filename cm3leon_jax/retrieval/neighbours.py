@@ -4,8 +4,8 @@ Data preparation joins the tables this writes; training then reads bank rows / d
 never queries the index online. The lookup is one Beam pipeline for every split (DirectRunner by
 default; the same `config.prepare.beam_options` as `prepare` pick workers or another runner):
 
-    read the split's documents (`data/offline/beam.read_documents`) -> data policy (licences, removals: a
-    refused document is skipped, counted by reason) -> batches of `retrieval.embed_batch_size`
+    read the split's documents (`data/offline/beam.read_documents`) -> data policy (licences,
+    removals: a refused document is skipped, counted by reason) -> batches of `retrieval.embed_batch_size`
     -> `LookUpNeighbours`: the bi-encoder and the index are loaded once per worker process
        (`setup`, the index checked against the encoder's and the corpus's fingerprints); a batch
        is embedded (training queries with query dropout) and `compute_neighbours` searches the
@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from cm3leon_jax import cli, compilation_cache, config, console, results
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.retrieval import corpus, encoder, index, neighbour_table, rules
 
 STAGE = "retrieval_neighbours"
@@ -195,7 +195,7 @@ def run_pipeline(data: config.DataConfig, retrieval: config.RetrievalConfig,
                     "corpus_fingerprint": manifest["corpus"]["fingerprint"],
                     "bank_document_ids_fingerprint": manifest["corpus"]["document_ids_fingerprint"],
                     "index_kind": manifest["kind"], "policy": policy.describe()}
-            total = sources.known_split_size(data, workdir, split)
+            total = catalog.known_split_size(data, workdir, split)
             kept, skipped = (
                 beam_io.read_documents(pipeline, data, workdir, split, workers)
                 | f"Progress {split}" >> beam.ParDo(beam_io.ReportProgress(
@@ -239,7 +239,7 @@ def shapes_relevance(table: neighbour_table.NeighbourTable, data: config.DataCon
 
     objects = {}
     for source_split in {"train", split}:
-        for example in sources.numpy_examples(data, workdir, source_split):
+        for example in catalog.numpy_examples(data, workdir, source_split):
             parsed = scenes.parse_caption(example["caption"]) or []
             objects[example["id"]] = {(shape, colour) for shape, colour, _, _ in parsed}
     rng = np.random.default_rng(0)

@@ -1,10 +1,10 @@
 """Training pairs of the super-resolution stage: one picture at base and at high resolution.
 
-* `shapes`: the builder renders every scene from its description at any size (`shapes/render.py`
-  draws in normalised coordinates), and a scene depends only on (seed, split, index), never on the
-  image size. So the data set built at `image_size=32` and the one built at `image_size=64` hold the
-  same scenes under the same ids; `load_pairs` zips the two builds and checks the ids agree. The
-  low-resolution image is a true rendering, not a downsampled copy.
+* `shapes`: the builder renders every scene from its description at any size
+  (`data/sources/shapes/render.py` draws in normalised coordinates), and a scene depends only on
+  (seed, split, index), never on the image size. So the data set built at `image_size=32` and the
+  one built at `image_size=64` hold the same scenes under the same ids; `load_pairs` zips the two
+  builds and checks the ids agree. The low-resolution image is a true rendering, not a downsampled copy.
 * every other source (a user folder, tfds by name, WebDataset): read at the high resolution; the
   low-resolution image is its bicubic (antialiased) downsampled copy.
 
@@ -41,17 +41,17 @@ def load_pairs(data: DataConfig, workdir: str, split: str, high_size: int,
     """{"ids": [N], "captions": [N], "low": uint8 [N, s, s, 3], "high": uint8 [N, S, S, 3],
     "objects": per-example object keys (shapes) or None}."""
     from cm3leon_jax import image_metrics  # noqa: PLC0415
-    from cm3leon_jax.data import sources  # noqa: PLC0415
+    from cm3leon_jax.data.sources import catalog  # noqa: PLC0415
     from cm3leon_jax.data.sources.shapes import builder  # noqa: PLC0415
 
     low_cfg, high_cfg = resolutions(data, high_size)
-    high_examples = list(sources.numpy_examples(high_cfg, workdir, split, limit=limit))
+    high_examples = list(catalog.numpy_examples(high_cfg, workdir, split, limit=limit))
     if not high_examples:
         raise ValueError(f"the {split} split is empty")
     ids = [str(e["id"]) for e in high_examples]
     high = np.stack([e["image"] for e in high_examples])
     if data.source == "shapes":
-        low_examples = list(sources.numpy_examples(low_cfg, workdir, split, limit=limit))
+        low_examples = list(catalog.numpy_examples(low_cfg, workdir, split, limit=limit))
         low_ids = [str(e["id"]) for e in low_examples]
         if low_ids != ids:
             raise ValueError(f"the shapes builds at {data.image_size} and {high_size} pixels hold "
@@ -106,7 +106,7 @@ class PairBatches(pipeline.ResumableBatches):
     caption with that probability, seeded by (seed, g), so the model also learns the caption-free
     prompt (`--task upscale` of an image without a caption). The state is the batches consumed
     plus a signature; resuming with a different stream is refused
-    (`data/pipeline.ResumableBatches`).
+    (`data/input/pipeline.ResumableBatches`).
     """
 
     stream_name = "the upsampler's data stream"

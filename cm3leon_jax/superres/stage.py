@@ -177,8 +177,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if base_vocab.image_tokenizer_path and low_fp != upsampler.tokenizer_fingerprint(
             base_vocab.image_tokenizer_path):
         console.say(f"[{STAGE}] note: the low-res tokenizer {low_path} is not the base vocabulary's "
-              f"({base_vocab.image_tokenizer_path}); `generate --upscale` will refuse to upsample "
-              "that base model's images")
+                    f"({base_vocab.image_tokenizer_path}); `generate --upscale` will refuse to upsample "
+                    "that base model's images")
     vocab, meta = upsampler.export(directory / upsampler.EXPORT_DIR, base_vocab, low_path,
                                    high_path, use_caption=sr.use_caption,
                                    max_caption_tokens=sr.max_caption_tokens)
@@ -207,7 +207,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     _, train_low, train_high, train_captions, train_key = codes("train")
     _, val_low, val_high, val_captions, _ = codes("validation")
     console.say(f"[{STAGE}] {len(train_low)} training pairs encoded ({vocab!r}) in "
-          f"{time.perf_counter() - start:.0f} s")
+                f"{time.perf_counter() - start:.0f} s")
     longest = max([0] + [len(c) for c in (train_captions or []) + (val_captions or [])])
     seq_len = sr.seq_len or -(-vocab.max_row_length(longest) // 8) * 8
     if seq_len > model_cfg.max_seq_len:
@@ -251,8 +251,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     merged = {**trained, sr.eval_split: figures}
     results.write_metrics(workdir, STAGE, merged)
     console.say(f"[{STAGE}] {sr.eval_split}: upsampler PSNR {figures['upsampler']['psnr_db']:.2f} dB "
-          f"SSIM {figures['upsampler']['ssim']:.3f}; bicubic {figures['bicubic']['psnr_db']:.2f} "
-          f"dB {figures['bicubic']['ssim']:.3f}; high-res VQ-GAN ceiling "
-          f"{figures['high_vqgan_reconstruction']['psnr_db']:.2f} dB; verifier "
-          f"{figures.get('verifier_exact_match', figures.get('verifier'))}")
+                f"SSIM {figures['upsampler']['ssim']:.3f}; bicubic {figures['bicubic']['psnr_db']:.2f} "
+                f"dB {figures['bicubic']['ssim']:.3f}; high-res VQ-GAN ceiling "
+                f"{figures['high_vqgan_reconstruction']['psnr_db']:.2f} dB; verifier "
+                f"{figures.get('verifier_exact_match', figures.get('verifier'))}")
     return {"state": state, **merged}

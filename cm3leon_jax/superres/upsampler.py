@@ -58,7 +58,7 @@ from etils import epath
 import numpy as np
 
 from cm3leon_jax import paths, vocab as vocab_lib
-from cm3leon_jax.generation.sampling import SamplingConfig
+from cm3leon_jax.config import IMAGE_SAMPLING, SamplingConfig
 from cm3leon_jax.models import kv_cache
 
 EXPORT_DIR = paths.UPSAMPLER_EXPORT  # inside the superres run directory
@@ -478,7 +478,7 @@ def upscaled_text_to_image(generator, upsampler: Upsampler, captions: Sequence[s
     """
     upsampler.check_base(generator.vocab)
     results = generator.text_to_image(list(captions), num_samples=num_samples,
-                                      sampling=sampling or SamplingConfig(cfg_scale=3.0),
+                                      sampling=sampling or IMAGE_SAMPLING,
                                       seed=seed)
     low = np.stack([r.codes for r in results])  # [n, N, h, w]
     flat_captions = [c for c in captions for _ in range(low.shape[1])]

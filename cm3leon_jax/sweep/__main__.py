@@ -5,10 +5,10 @@
 
 runs, one after another, `python -m <entry> --config <config> [--config.a=b from this command line]
 --config.<field>=<value>... --workdir <workdir>/<run name>` for every entry of the sweep, where the
-run name is built from the entry's overrides (`sweeps.run_name`, e.g. `data.image_size=32`). Runs
-whose directory already holds a metrics.json (with `--finished_stage`, one that holds that stage) are
-skipped, so re-running a sweep after an interruption or a failure only runs what is missing. At the
-end it prints a table of every run's final metrics and writes `<workdir>/sweep_summary.csv`; it
+run name is built from the entry's overrides (`spec.run_name`, e.g. `data.image_size=32`). Runs
+whose directory already holds a metrics.json (with `--finished_stage`, one that holds that stage)
+are skipped, so re-running a sweep after an interruption or a failure only runs what is missing. At
+the end it prints a table of every run's final metrics and writes `<workdir>/sweep_summary.csv`; it
 exits with status 1 when a run failed.
 
 With `--print_commands` nothing runs: it prints, one per line, the `tpu/launch.sh` command that runs

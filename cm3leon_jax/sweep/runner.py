@@ -54,7 +54,7 @@ def config_arg_in_repo(config_arg: str) -> str:
         path = str(resolved.relative_to(REPO_ROOT))
     except ValueError:
         console.say(f"warning: config {path} is outside the repository; it must exist at that path on "
-              "the TPU VM", file=sys.stderr)
+                    "the TPU VM", file=sys.stderr)
     return path + sep + arg
 
 

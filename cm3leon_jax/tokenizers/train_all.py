@@ -47,17 +47,17 @@ def train_text_tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> TextTo
     text_cfg = config_lib.section(cfg, "text_tokenizer", TextTokenizerConfig)
     if text_cfg.corpus:
         return TextTokenizer.train_from_file(text_cfg.corpus, text_cfg)
-    from cm3leon_jax.data import sources  # noqa: PLC0415
+    from cm3leon_jax.data.sources import catalog  # noqa: PLC0415
 
-    return TextTokenizer.train(sources.text_corpus(config_lib.data_config(cfg), workdir, "train"),
+    return TextTokenizer.train(catalog.text_corpus(config_lib.data_config(cfg), workdir, "train"),
                                text_cfg)
 
 
 def text_figures(cfg: ml_collections.ConfigDict, workdir: str, vocab: Vocabulary) -> dict:
     """Pieces, mean tokens per test-split sentence and its exact round-trip rate."""
-    from cm3leon_jax.data import sources  # noqa: PLC0415
+    from cm3leon_jax.data.sources import catalog  # noqa: PLC0415
 
-    sentences = list(sources.text_corpus(config_lib.data_config(cfg), workdir, "test"))
+    sentences = list(catalog.text_corpus(config_lib.data_config(cfg), workdir, "test"))
     lengths = [len(vocab.encode_text(s)) for s in sentences]
     exact = [vocab.decode_text(vocab.encode_text(s)) == s for s in sentences]
     return {"text_pieces": vocab.text_size, "vocab_size": vocab.vocab_size,

@@ -35,7 +35,7 @@ import tensorflow as tf
 from cm3leon_jax import cli, image_metrics, paths, results
 from cm3leon_jax import config as config_lib
 from cm3leon_jax.config import ConfigError, DataConfig, VQGANConfig, VQGANTrainConfig
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.data.sources.shapes import builder, verifier
 from cm3leon_jax.evaluation import attributes
 from cm3leon_jax.tokenizers import grids, image_tokenizer, losses, quantizer
@@ -95,7 +95,7 @@ def train_images(data: DataConfig, workdir: str, local_batch: int, seed: int,
     so its order is deterministic but not a replay of the interrupted run. With `crop_size`, each
     image is a random S = crop_size crop, drawn anew every epoch from the same seeded stream.
     """
-    dataset = sources.load(data, workdir, "train", shuffle_files=False)
+    dataset = catalog.load(data, workdir, "train", shuffle_files=False)
     dataset = dataset.shard(jax.process_count(), jax.process_index())
 
     def images(example):
@@ -121,7 +121,7 @@ def split_examples(data: DataConfig, workdir: str, split: str, limit: int | None
                    ) -> tuple[np.ndarray, list | None]:
     """(uint8 images [N, S, S, 3], object keys per image or None when the source has none)."""
     images, objects = [], []
-    for example in sources.numpy_examples(data, workdir, split, limit=limit):
+    for example in catalog.numpy_examples(data, workdir, split, limit=limit):
         images.append(example["image"])
         objects.append(builder.decode_objects(example["objects"]) if "objects" in example
                        else None)
@@ -402,7 +402,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, data_workdir: str | None
                                train_cfg.crop_size)
         # Validation images for the progress grid; a small folder may leave that split empty.
         grid_split = next((split for split in ("validation", "test", "train")
-                           if sources.known_split_size(data_cfg, data_workdir, split) != 0),
+                           if catalog.known_split_size(data_cfg, data_workdir, split) != 0),
                           "train")
         grid_images, _ = split_examples(data_cfg, data_workdir, grid_split, limit=GRID_IMAGES)
         steps = {use_gan: compile_step(make_train_step(

@@ -35,8 +35,8 @@ def model_signature(model: config_lib.ModelConfig) -> dict:
 def make_loss_fn(model_cfg: config_lib.ModelConfig, image_range: tuple[int, int]):
     """loss_fn(params, batch, rng) -> (objective sum, metric sums), see `train/step.py`.
 
-    batch: `ids` [batch, length] int32 and, optional (as the packer writes them, `data/input/packing.py`),
-    `segment_ids` (0 = padding; default one document per row), `positions` (default: restart per
+    batch: `ids` [batch, length] int32 and, optional (as the packer writes them,
+    `data/input/packing.py`), `segment_ids` (0 = padding; default one document per row), `positions` (default: restart per
     segment) and `weights` (float32 weight of predicting `ids[t]`; default 1)."""
     model = Decoder(model_cfg)
     image_lo, image_hi = image_range

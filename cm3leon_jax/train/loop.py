@@ -119,7 +119,9 @@ def read_train_log(workdir: str, name: str = TRAIN_LOG) -> dict[int, dict]:
 
 def train(train_cfg: TrainConfig, workdir: str, task: Task,
           full_config: Optional[dict] = None, metrics_workdir: Optional[str] = None) -> dict:
-    """Runs (or resumes) training to `train_cfg.steps`; returns the final figures.
+    """Runs (or resumes) training to `train_cfg.steps`; returns the final figures. On SIGTERM it
+    saves the step, writes the figures (`stopped_early`) and raises `run_control.TrainingStopped`
+    (exit status 0), so a caller chaining stages (SFT after pretraining, the demo) stops too.
 
     workdir: the run directory (checkpoints, tensorboard, train_log.jsonl).
     metrics_workdir: where metrics.json gets this stage's figures (default: workdir); stages of
@@ -295,4 +297,6 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     path = results.write_metrics(metrics_workdir, task.name, figures)
     console.say(f"[{task.name}] done: {steps_done} steps this run (now at {final_step}) in "
                 f"{wall:.0f} s; train loss {figures['train_loss']}; figures in {path}")
+    if stopped_early:  # SIGTERM: the step is saved and the figures written; nothing else runs
+        raise run_control.TrainingStopped(task.name, final_step)
     return {"state": state, **figures}

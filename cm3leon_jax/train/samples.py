@@ -112,7 +112,7 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
             note = (f"; verifier exact {figures['exact_match']:.2f}, attributes "
                     f"{figures['attribute_accuracy']:.2f}")
         console.say(f"[{stage}] eval at step {step}: wrote {generated.shape[0]}x{generated.shape[1]} "
-              f"image samples to TensorBoard{note}")
+                    f"image samples to TensorBoard{note}")
         return {"samples": figures} if figures else {}
 
     return on_eval

@@ -6,12 +6,12 @@
 
 Each run is a full `python -m cm3leon_jax.demo` (every stage the demo has) in
 `/tmp/sweeps/demo_image_size/<the run's overrides>` (the VQ-GAN's image size moves with the
-data's); the table at the end and `sweep_summary.csv` put every stage's final figures side by side. Both sizes are multiples
-of 8 (config.data's rule for the VQ-GAN); a 16x16 image has a quarter of the pixels, hence a
-quarter of the image tokens, of a 32x32 one. The question: how much of the demo's quality comes
-from resolution and how much from the number of training scenes. `--finished_stage demo` counts a run as done only
-once the demo has written its final figures (its `demo` entry in metrics.json).
-On a TPU VM: `tpu/sweep.sh --name NAME --zone ZONE -- <the same flags>`.
+data's); the table at the end and `sweep_summary.csv` put every stage's final figures side by side.
+Both sizes are multiples of 8 (config.data's rule for the VQ-GAN); a 16x16 image has a quarter of
+the pixels, hence a quarter of the image tokens, of a 32x32 one. The question: how much of the
+demo's quality comes from resolution and how much from the number of training scenes.
+`--finished_stage demo` counts a run as done only once the demo has written its final figures (its
+`demo` entry in metrics.json). On a TPU VM: `tpu/sweep.sh --name NAME --zone ZONE -- <the same flags>`.
 
 Measured on the 2-core CPU machine with the demo's data stage (the only stage it had then): 51 s
 for the four runs. The shapes verifier agrees with the ground truth on all 16 shown examples at

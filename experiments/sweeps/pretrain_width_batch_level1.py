@@ -1,7 +1,7 @@
 """Where the tiny model's pretraining compute goes furthest: width and batch at equal tokens.
 
     W=/tmp/sweeps/width_batch; D=/tmp/cm3leon_demo     # a finished demo: tokenizers + shards
-    for run in $(python -c "from cm3leon_jax import sweeps; import importlib.util as u; \
+    for run in $(python -c "from cm3leon_jax.sweep import spec as sweeps; import importlib.util as u; \
         s = u.spec_from_file_location('s', 'experiments/sweeps/pretrain_width_batch_level1.py'); \
         m = u.module_from_spec(s); s.loader.exec_module(m); \
         print(' '.join(sweeps.run_name(e) for e in m.get_sweep()))"); do

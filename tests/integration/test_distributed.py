@@ -18,6 +18,7 @@ from cm3leon_jax.parallel import distributed
 import locations
 
 REPO = locations.ROOT
+HERE = os.path.dirname(os.path.abspath(__file__))  # the workers import this module
 _ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
              "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES")
 
@@ -122,9 +123,9 @@ def test_two_cpu_processes_form_one_job(tmp_path):
     port = _free_port()
     procs = []
     for process_id in range(2):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
-               JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join([str(REPO), str(locations.TESTS), HERE]),
+                   JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(process_id))
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
@@ -191,7 +192,7 @@ print("RESULT", json.dumps({"processes": jax.process_count(), "devices": jax.dev
 
 
 def _start(script, devices, coordinates=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(locations.TESTS), HERE]),
                JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     for key in _ENV_KEYS:

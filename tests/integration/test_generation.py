@@ -1,6 +1,6 @@
-"""Decoding: filters against numpy, the cached Decoder against its full forward, greedy decoding against
-the full forward pass, CFG / CD-K against their definitions, modality constraints on many random
-samples, seeds, prompts in the trained layouts, reranking, and the command line on a tiny project.
+"""Decoding: filters against numpy, the cached Decoder against its full forward, greedy decoding
+against the full forward pass, CFG / CD-K against their definitions, modality constraints on many
+random samples, seeds, prompts in the trained layouts, reranking, and the command line on a tiny project.
 
 Tiny random models only (d_model 32-64, 2 layers); the whole file runs in about a minute on CPU.
 """

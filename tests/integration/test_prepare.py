@@ -50,8 +50,8 @@ def vocab_dir(tmp_path_factory):
 def _neighbour_table(workdir, cfg):
     """Each train document retrieves the next two (by id order): a known table to check joins."""
     from cm3leon_jax import config
-    from cm3leon_jax.data import sources
-    ids = sorted(e["id"] for e in sources.numpy_examples(config.data_config(cfg), str(workdir),
+    from cm3leon_jax.data.sources import catalog
+    ids = sorted(e["id"] for e in catalog.numpy_examples(config.data_config(cfg), str(workdir),
                                                          "train"))
     rows = np.array([[(i + 1) % len(ids), (i + 2) % len(ids)] for i in range(len(ids))], np.int32)
     table = neighbour_table.NeighbourTable(ids, rows, ids, {"split": "train"})

@@ -64,7 +64,7 @@ def run_chain(workdir: str) -> dict:
 
 def test_a_tiny_level1_run_captions_unseen_scenes_far_above_chance(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=os.pathsep.join([str(REPO), str(locations.TESTS)]))
     done = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -115,7 +115,7 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
     import json
     import shutil
     from cm3leon_jax.data.offline import provenance
-    from cm3leon_jax.data import sources
+    from cm3leon_jax.data.sources import catalog
     cfg, workdir, _ = trained
     copy = tmp_path / "w"
     shutil.copytree(workdir, copy)
@@ -127,7 +127,7 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
     if not (index.index_dir(retrieval, str(copy)) / index.MANIFEST).exists():
         build_index.build(cfg, str(copy))
     data = config.data_config(cfg)
-    validation_ids = sorted(e["id"] for e in sources.numpy_examples(data, str(copy), "validation"))
+    validation_ids = sorted(e["id"] for e in catalog.numpy_examples(data, str(copy), "validation"))
     removed = copy / "prepared" / provenance.REMOVALS_FILE
     removed.parent.mkdir(exist_ok=True)
     removed.write_text(json.dumps({"ids": [validation_ids[0]], "log": []}))
@@ -157,7 +157,7 @@ def test_neighbour_lookup_is_a_beam_pipeline_independent_of_workers(trained, tmp
                                          first.info["encoder"]["fingerprint"],
                                          first.info["corpus_fingerprint"])
     lookup.setup()
-    documents = {d["id"]: d for d in sources.numpy_examples(data, str(copy), "train", limit=5)}
+    documents = {d["id"]: d for d in catalog.numpy_examples(data, str(copy), "train", limit=5)}
     ids = sorted(documents)[::-1][:3]
     for doc_id, row in zip(ids, lookup.neighbours([documents[i] for i in ids])):
         np.testing.assert_array_equal(row, first.neighbours[first.document_ids.index(doc_id)])

@@ -22,7 +22,7 @@ import pytest
 
 from cm3leon_jax import config as config_lib, experiment_files
 from cm3leon_jax.config import InputError, RetrievalConfig, VQGANTrainConfig
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.retrieval import train_encoder
 from cm3leon_jax.tokenizers import train_vqgan
 from cm3leon_jax.train import run_control
@@ -59,7 +59,7 @@ ENDLESS = 100_000  # the step count of runs that a signal or a NaN ends
 def data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("shapes")
     cfg = _config("vqgan", directory)
-    list(sources.numpy_examples(config_lib.data_config(cfg), str(directory), "train", limit=1))
+    list(catalog.numpy_examples(config_lib.data_config(cfg), str(directory), "train", limit=1))
     return directory
 
 

@@ -119,6 +119,25 @@ def test_every_field_of_every_section_is_settable_from_the_command_line():
         assert set(config.SECTIONS) <= set(holder.value), path
 
 
+def test_the_demos_own_sections_are_settable_too():
+    """`--config.demo.pretrain_train.<field>` and the super-resolution stage's nested sections."""
+    from absl import flags as absl_flags
+    from cm3leon_jax import cli
+
+    argv = ["prog", f"--config={REPO / 'experiments' / 'demo.py'}",
+            "--config.demo.pretrain_train.seed=7", "--config.demo.sft_train.log_every=3",
+            "--config.demo.superres.high_tokenizer_train.seed=5",
+            "--config.demo.superres.upsampler.train.on_nonfinite=skip"]
+    values = absl_flags.FlagValues()
+    holder = cli.define_config_flag(values, sys_argv=argv)
+    values(argv)
+    demo = holder.value.demo
+    assert (demo.pretrain_train.seed, demo.sft_train.log_every) == (7, 3)
+    assert demo.superres.high_tokenizer_train.seed == 5
+    assert demo.superres.upsampler.train.on_nonfinite == "skip"
+    assert config.demo_config(holder.value).pretrain_train["seed"] == 7
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.bogus.x=1", "--config.bogus.x: config has no field 'bogus'"),
     ("--config.model.no_such_field=1", "config.model has no field 'no_such_field' (it has: "),

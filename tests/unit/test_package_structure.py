@@ -55,8 +55,11 @@ def _imports(tree: ast.Module, module: str, is_package: bool, known: set[str]) -
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
-            if name and name != module:
-                found.add(name)
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first: those are imports too.
+            while name:
+                if name in known and name != module:
+                    found.add(name)
+                name = name.rpartition(".")[0]
     return found
 
 

@@ -51,11 +51,13 @@ def test_readme_layout_is_drawn_from_the_map():
 
 
 def test_no_stage_spells_the_layout_by_hand():
-    """Workdir entries appear as path literals only in paths.py (commands' help texts and
-    docstrings may name them)."""
+    """Workdir entries appear as path literals only in paths.py (help texts and docstrings may
+    name them): no `/ "prepared"`, `os.path.join(w, "generated")` or `X_DIR = "evaluate"`."""
     package = pathlib.Path(paths.__file__).parent
-    literal = re.compile(r"""/ ["'](prepared|tokenizers|retrieval_index|retrieval_encoder|"""
-                         r"""tokenizers_hr|checkpoints|metrics\.json|data_card\.json)["']""")
+    names = sorted({part.strip().rstrip("/") for entry, _, _ in paths.LAYOUT
+                    for part in entry.split(",")} | {paths.CHECKPOINTS})
+    quoted = "|".join(re.escape(name) for name in names)
+    literal = re.compile(rf"""(/ |os\.path\.join\([^)]*, |_DIR = )["']({quoted})["']""")
     offences = [f"{path.relative_to(package)}:{number}: {line.strip()}"
                 for path in package.rglob("*.py") if path.name != "paths.py"
                 for number, line in enumerate(path.read_text().splitlines(), 1)

@@ -76,7 +76,7 @@ SFT_ROW_FEATURES = ROW_FEATURES + ("task_ids",)
 
 
 # --------------------------------------------------------------------------------------------------
-# Prepared data: where it is, its fingerprint, which part this host reads
+# Prepared data (`paths.Workdir.prepared`): its manifest, fingerprint, which part this host reads
 # --------------------------------------------------------------------------------------------------
 
 def read_manifest(prepared: str | epath.Path) -> dict:
@@ -537,7 +537,7 @@ class ResumableBatches:
     `get_state()` is JSON: the batches consumed plus `signature` (what determines the stream);
     `set_state` refuses a checkpoint whose signature differs, naming each difference, then calls
     `_restart()` so the stream continues after that many batches. Shared by the pretraining/SFT
-    stream (`Batches`) and the upsampler's (`data/superres_pairs.PairBatches`).
+    stream (`Batches`) and the upsampler's (`superres/pairs.PairBatches`).
     """
 
     stream_name = "the data stream of this run"

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 import tensorflow_datasets as tfds
 
 from cm3leon_jax import config
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.data.offline import provenance
 from cm3leon_jax.data.sources import images, webdataset
 from cm3leon_jax.progress import Progress
@@ -162,7 +162,7 @@ def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str, 
     after reading, so that encoding, the costly part, is spread over every worker.
     """
     if data.source in ("shapes", "folder"):
-        builder = sources.prepared_builder(data, workdir)
+        builder = catalog.prepared_builder(data, workdir)
         if split not in builder.info.splits:  # a small folder can leave a split empty
             return pipeline | f"No {split} documents" >> beam.Create([])
         files = builder.info.splits[split].file_instructions
@@ -174,13 +174,13 @@ def read_documents(pipeline, data: config.DataConfig, workdir: str, split: str, 
             documents = documents | f"Spread documents {split}" >> beam.Reshuffle()
         return documents
     if data.source == "tfds":
-        tfds_split = data.tfds_splits[sources.SPLITS.index(split)]
+        tfds_split = data.tfds_splits[catalog.SPLITS.index(split)]
         return (pipeline
                 | f"Read {split}" >> tfds.beam.ReadFromTFDS(
-                    sources.builder(data, workdir), tfds_split,
+                    catalog.builder(data, workdir), tfds_split,
                     read_config=tfds.ReadConfig(add_tfds_id=True))
                 | f"Document {split}" >> beam.Map(
-                    lambda example: sources.tfds_document(data, tfds.as_numpy(example), 0, split)))
+                    lambda example: catalog.tfds_document(data, tfds.as_numpy(example), 0, split)))
     paths = webdataset.shard_paths(data.webdataset)
     documents = (pipeline
                  | f"Shards {split}" >> beam.Create(paths)

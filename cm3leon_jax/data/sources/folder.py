@@ -4,8 +4,8 @@ Layout:
 
     my_data/
       captions.jsonl   one JSON object per line: {"image": "a.png", "caption": "...", ...}
-      dataset.json     optional folder-wide defaults: {"license": ..., "source": ..., "attribution": ...}
-      a.png  b.jpg  sub/c.webp ...
+      dataset.json     optional folder-wide defaults: {"license": ..., "source": ..., "attribution":
+      ...} a.png  b.jpg  sub/c.webp ...
 
 Optional per-line fields `license` (SPDX id where one exists), `source`, `attribution` override the
 folder defaults, which override `config.data.default_*`; what is still missing is recorded as

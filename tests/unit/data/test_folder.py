@@ -9,7 +9,7 @@ import pytest
 
 from cm3leon_jax import config
 from cm3leon_jax.data.sources import folder, images
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 
 
 def _save(path, mode, size=(40, 30), colour=None):
@@ -61,8 +61,8 @@ def _data(root, **overrides):
 
 def test_good_files_kept_bad_files_counted(user_folder, tmp_path):
     data = _data(user_folder)
-    built = sources.prepared_builder(data, str(tmp_path / "work"))
-    examples = {e["id"]: e for e in sources.numpy_examples(data, str(tmp_path / "work"), "train")}
+    built = catalog.prepared_builder(data, str(tmp_path / "work"))
+    examples = {e["id"]: e for e in catalog.numpy_examples(data, str(tmp_path / "work"), "train")}
     assert set(examples) == {"folder/rgb.png", "folder/cmyk.jpg", "folder/grey.png",
                              "folder/palette.png", "folder/sub/alpha.png"}
     for example in examples.values():
@@ -79,7 +79,7 @@ def test_good_files_kept_bad_files_counted(user_folder, tmp_path):
 
 def test_provenance_per_line_then_folder_default(user_folder, tmp_path):
     data = _data(user_folder)
-    examples = {e["id"]: e for e in sources.numpy_examples(data, str(tmp_path), "train")}
+    examples = {e["id"]: e for e in catalog.numpy_examples(data, str(tmp_path), "train")}
     rgb = examples["folder/rgb.png"]
     assert (rgb["license"], rgb["source"]) == ("CC-BY-4.0", "https://example.org/rgb")
     assert json.loads(rgb["extra"]) == {"photographer": "ann"}
@@ -91,7 +91,7 @@ def test_provenance_per_line_then_folder_default(user_folder, tmp_path):
 def test_unknown_license_is_visible(user_folder, tmp_path):
     (user_folder / "dataset.json").unlink()
     data = _data(user_folder)
-    examples = list(sources.numpy_examples(data, str(tmp_path), "train"))
+    examples = list(catalog.numpy_examples(data, str(tmp_path), "train"))
     licences = {e["id"]: e["license"] for e in examples}
     assert licences["folder/grey.png"] == "unknown"
     assert licences["folder/rgb.png"] == "CC-BY-4.0"
@@ -106,12 +106,12 @@ def test_splits_by_name_hash_are_stable(user_folder):
 
 def test_missing_captions_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
-        sources.builder(_data(tmp_path), str(tmp_path))
+        catalog.builder(_data(tmp_path), str(tmp_path))
 
 
 def test_empty_split_is_a_clear_error(user_folder, tmp_path):
     with pytest.raises(ValueError, match="test split .* is empty"):
-        sources.load(_data(user_folder), str(tmp_path), "test")
+        catalog.load(_data(user_folder), str(tmp_path), "test")
 
 
 def test_decode_reasons(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cm3leon_jax import config
-from cm3leon_jax.data import sources
+from cm3leon_jax.data.sources import catalog
 from cm3leon_jax.data.sources.shapes import builder, render, scenes, verifier
 
 import ml_collections
@@ -18,14 +18,14 @@ def _data(**overrides):
 
 def test_same_seed_same_bytes_in_two_builds(tmp_path):
     data = _data()
-    first = list(sources.numpy_examples(data, str(tmp_path / "a"), "train"))
-    second = list(sources.numpy_examples(data, str(tmp_path / "b"), "train"))
+    first = list(catalog.numpy_examples(data, str(tmp_path / "a"), "train"))
+    second = list(catalog.numpy_examples(data, str(tmp_path / "b"), "train"))
     assert [e["id"] for e in first] == [e["id"] for e in second]
     for a, b in zip(first, second):
         assert a["image"].tobytes() == b["image"].tobytes()
         assert a["edit"]["image"].tobytes() == b["edit"]["image"].tobytes()
         assert a["caption"] == b["caption"]
-    other = list(sources.numpy_examples(_data(seed=4), str(tmp_path / "a"), "train"))
+    other = list(catalog.numpy_examples(_data(seed=4), str(tmp_path / "a"), "train"))
     assert {e["caption"] for e in other} != {e["caption"] for e in first}
 
 
@@ -33,7 +33,7 @@ def test_splits_are_disjoint_and_sized(tmp_path):
     data = _data(num_train=200, num_validation=60, num_test=60)
     images = {}
     for split, size in (("train", 200), ("validation", 60), ("test", 60)):
-        examples = list(sources.numpy_examples(data, str(tmp_path), split))
+        examples = list(catalog.numpy_examples(data, str(tmp_path), split))
         assert len(examples) == size
         images[split] = {e["image"].tobytes() for e in examples}
     assert not images["train"] & images["validation"]
@@ -42,7 +42,7 @@ def test_splits_are_disjoint_and_sized(tmp_path):
 
 
 def test_captions_objects_questions_and_edits_agree(tmp_path):
-    for example in sources.numpy_examples(_data(), str(tmp_path), "train"):
+    for example in catalog.numpy_examples(_data(), str(tmp_path), "train"):
         keys = builder.decode_objects(example["objects"])
         assert 1 <= len(keys) <= 3
         assert sorted(scenes.parse_caption(example["caption"])) == sorted(keys)
@@ -115,7 +115,7 @@ def test_levels_count_object_layouts_and_set_the_data_fields(tmp_path):
     assert (data.max_objects, data.textured_fraction) == (1, 0.0)
     level1 = config.data_config(ml_collections.ConfigDict(
         {"data": dict(data, num_train=40, num_validation=4, num_test=4)}))
-    examples = list(sources.numpy_examples(level1, str(tmp_path), "train"))
+    examples = list(catalog.numpy_examples(level1, str(tmp_path), "train"))
     assert len(examples) == 40
     for example in examples:
         objects = builder.decode_objects(example["objects"])

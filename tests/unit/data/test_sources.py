@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cm3leon_jax import config
-from cm3leon_jax.data import prepare, sources
+from cm3leon_jax.data.sources import catalog
+from cm3leon_jax.data import prepare
 from cm3leon_jax.data.offline import provenance
 from cm3leon_jax.data.sources import webdataset
 
@@ -26,8 +27,8 @@ def test_tfds_by_name_with_field_mapping(tmp_path):
     data = _data(source="tfds", tfds_name="coco_captions", caption_key="captions/text",
                  image_size=16, tfds_splits=("train", "val", "test"), default_license="CC-BY-4.0")
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-        examples = list(sources.numpy_examples(data, str(tmp_path), "train"))
-        validation = list(sources.numpy_examples(data, str(tmp_path), "validation"))
+        examples = list(catalog.numpy_examples(data, str(tmp_path), "train"))
+        validation = list(catalog.numpy_examples(data, str(tmp_path), "validation"))
     assert len(examples) == 4 and len(validation) == 4
     for example in examples:
         assert example["image"].shape == (16, 16, 3) and example["image"].dtype == np.uint8
@@ -40,7 +41,7 @@ def test_tfds_missing_field_is_named(tmp_path):
     data = _data(source="tfds", tfds_name="coco_captions", caption_key="caption")
     with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
         with pytest.raises(KeyError, match="field 'caption' not found"):
-            list(sources.iter_documents(data, str(tmp_path), "train"))
+            list(catalog.iter_documents(data, str(tmp_path), "train"))
 
 
 def _png(colour, size=(20, 24)):
@@ -92,7 +93,7 @@ def test_webdataset_reads_good_samples_and_reports_bad(shards, tmp_path):
     root, good = shards
     data = _data(source="webdataset", webdataset=str(root / "*.tar"), image_size=16,
                  validation_fraction=0.0, test_fraction=0.0)
-    examples = list(sources.numpy_examples(data, str(tmp_path), "train"))
+    examples = list(catalog.numpy_examples(data, str(tmp_path), "train"))
     assert len(examples) == good
     by_id = {e["id"]: e for e in examples}
     assert by_id["wds/000000001"]["license"] == "CC-BY-4.0"
@@ -108,7 +109,7 @@ def test_webdataset_reads_good_samples_and_reports_bad(shards, tmp_path):
 def test_missing_webdataset_is_a_clear_error(tmp_path):
     data = _data(source="webdataset", webdataset=str(tmp_path / "*.tar"))
     with pytest.raises(FileNotFoundError, match="matches no tar shard"):
-        list(sources.iter_documents(data, str(tmp_path), "train"))
+        list(catalog.iter_documents(data, str(tmp_path), "train"))
 
 
 def test_prepare_reads_webdataset_and_counts_bad_files(shards, tmp_path):

@@ -5,7 +5,7 @@ the same bytes on any machine. A scene is assigned to a split by a hash of its f
 (`scenes.split_bucket`): train takes buckets [0, 0.8), validation [0.8, 0.9), test [0.9, 1). Each
 split's generator rejects scenes of other buckets, so no image can appear in two splits.
 
-Build it through `cm3leon_jax.data.sources.load`, which picks the config from `config.data`.
+Build it through `cm3leon_jax.data.sources.catalog.load`, which picks the config from `config.data`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Pixels of a `shapes` scene at any resolution.
 
-Geometry is defined in normalised image coordinates (pixel centres at (i + 0.5) / size), so one scene
-rendered at 32x32 and at 64x64 shows the same picture (the super-resolution stage's training pairs).
-Edges are hard (no anti-aliasing): every pixel is exactly a palette or background colour, which
-keeps the bytes deterministic and lets the verifier reason about exact shapes.
+Geometry is defined in normalised image coordinates (pixel centres at (i + 0.5) / size), so one
+scene rendered at 32x32 and at 64x64 shows the same picture (the super-resolution stage's training
+pairs). Edges are hard (no anti-aliasing): every pixel is exactly a palette or background colour,
+which keeps the bytes deterministic and lets the verifier reason about exact shapes.
 """
 
 from __future__ import annotations
