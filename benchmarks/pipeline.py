@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cm3leon_jax.config import CM3Config  # noqa: E402
 from cm3leon_jax.data.input import pipeline  # noqa: E402
-from cm3leon_jax.data.offline import shards
+from cm3leon_jax.data.offline import shards  # noqa: E402
 from cm3leon_jax.data.input.cm3 import SpecialIds  # noqa: E402
 
 # The paper's sizes: 56,320 text ids then 8,192 image codes, after 22 special ids.

@@ -35,10 +35,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 import tiny_stack  # noqa: E402
 
-from cm3leon_jax.data.sources import catalog
-
-from cm3leon_jax.data import prepare  # noqa: E402
 from cm3leon_jax import config  # noqa: E402
+from cm3leon_jax.data import prepare  # noqa: E402
+from cm3leon_jax.data.sources import catalog  # noqa: E402
 from cm3leon_jax.vocab import Vocabulary  # noqa: E402
 
 

@@ -899,7 +899,6 @@ def retrieval_config(cfg: ml_collections.ConfigDict) -> RetrievalConfig:
     return section(cfg, "retrieval", RetrievalConfig)
 
 
-
 # --------------------------------------------------------------------------------------------------
 # cm3: document layout, CM3 masking and packing into rows (cm3leon_jax/data/input/)
 # --------------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def superres_configs(cfg: ml_collections.ConfigDict
     # Rows and vocabulary follow the sizes too: specials + text pieces + two codebooks of the
     # same size (the base vocabulary's layout, then the high codebook).
     from cm3leon_jax.superres import upsampler as upsampler_lib  # noqa: PLC0415
-    from cm3leon_jax import vocab as vocab_lib
+    from cm3leon_jax import vocab as vocab_lib  # noqa: PLC0415
 
     vqgan = config.section(high, "vqgan", config.VQGANConfig)
     vocab_cfg = (config.section(cfg, "vocab", config.VocabConfig) if "vocab" in cfg

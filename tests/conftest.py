@@ -49,7 +49,7 @@ def _tensorflow_on_cpu_only():
 # The longest files first: with two workers taking whole files (pytest.ini), a long file started
 # last would run alone at the end while the other worker idles.
 SLOWEST_FIRST = ("test_user_data.py", "test_recipe_learns.py", "test_vqgan.py",
-                 "test_pretrain_sft.py", "test_trainer_core.py", "test_train_parity.py",
+                 "test_pretrain_sft.py", "test_run_control.py", "test_train_parity.py",
                  "test_accelerator_benchmark.py")
 
 

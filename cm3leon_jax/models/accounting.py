@@ -27,7 +27,9 @@ def abstract_params(config: ModelConfig) -> Any:
     return jax.eval_shape(lambda t: Decoder(config).init(jax.random.key(0), t)["params"],
                           tokens)
 
+
 def count_params(config: ModelConfig) -> int:
+    """The exact number of the model's weights."""
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(abstract_params(config))))
 
 def lookup_only_params(config: ModelConfig, params: Mapping[str, Any]) -> int:
@@ -39,8 +41,11 @@ def lookup_only_params(config: ModelConfig, params: Mapping[str, Any]) -> int:
         count += math.prod(params["embed_tokens"]["embedding"].shape)
     return count
 
+
 def flops_per_token(config: ModelConfig, num_params: int, lookup_params: int,
                     seq_len: int) -> dict[str, int]:
+    """Training FLOPs per token at `seq_len`: 6 x matmul weights, the attention term, their sum
+    (the module docstring says how)."""
     matmul = 6 * (num_params - lookup_params)
     attention = 12 * config.num_layers * seq_len * config.num_heads * config.resolved_head_dim
     return {"matmul_6n": matmul, "attention": attention, "total": matmul + attention}

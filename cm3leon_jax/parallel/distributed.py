@@ -38,7 +38,6 @@ _PROCESS_ID = flags.DEFINE_integer(
     "Also JAX_PROCESS_ID.")
 
 
-
 def _flag_value(flag: flags.FlagHolder):
     return flag.value if flags.FLAGS.is_parsed() else None
 

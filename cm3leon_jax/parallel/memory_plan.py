@@ -141,9 +141,6 @@ def activation_bytes_per_sequence(config: ModelConfig, local: ModelConfig, seq_l
     return per_block, _per_sequence(head_measure)
 
 
-ATTENTION_REPORTED = ("xla", "splash", "cudnn")
-
-
 def attention_bytes_per_sequence(config: ModelConfig, local: ModelConfig,
                                  seq_len: int) -> dict[str, dict[str, Any]]:
     """{implementation: {residuals, scores, total} bytes, or {unsupported: why}} of one layer's

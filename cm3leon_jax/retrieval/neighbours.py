@@ -50,7 +50,6 @@ from cm3leon_jax.retrieval import corpus, encoder, index, neighbour_table, rules
 STAGE = "retrieval_neighbours"
 
 
-
 # Models loaded by this worker process, shared by every split's stage and thread:
 # (encoder dir, index dir, encoder fingerprint, corpus fingerprint) -> (BiEncoder, RetrievalIndex).
 _LOADED: dict[tuple, tuple] = {}

@@ -80,9 +80,9 @@ class UpsamplerMismatch(ValueError):
     """The upsampler was trained on another tokenizer than the one the codes come from."""
 
 
-def file_fingerprint(*paths) -> str:
+def file_fingerprint(*files) -> str:
     digest = hashlib.sha256()
-    for path in paths:
+    for path in files:
         digest.update(epath.Path(path).read_bytes())
     return digest.hexdigest()
 

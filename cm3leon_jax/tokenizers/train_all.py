@@ -32,7 +32,6 @@ from cm3leon_jax.tokenizers.text import TextTokenizer
 from cm3leon_jax.vocab import Vocabulary
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TokenizerArtefacts:
     vocab_dir: str  # Vocabulary.load(vocab_dir)

@@ -112,7 +112,6 @@ def make_task(name: str, cfg, mesh: jax.sharding.Mesh, train_data: loop.DataIter
         context=functools.partial(sharding.sharding_context, mesh, rules))
 
 
-
 class Setup:
     """What every decoder stage reads from a project workdir: prepared data, vocabulary, mesh."""
 

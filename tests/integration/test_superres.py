@@ -22,8 +22,6 @@ from cm3leon_jax.vocab import Vocabulary
 import tiny_stack
 
 
-
-
 DATA = dict(source="shapes", image_size=32, num_train=16, num_validation=8, num_test=8, seed=0)
 
 

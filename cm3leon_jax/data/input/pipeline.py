@@ -72,7 +72,6 @@ PRETRAIN_FIELDS = ("text", "image", "retrieved_text", "retrieved_text_lengths", 
 SFT_FIELDS = ("text", "image", "qa_question", "qa_question_lengths", "qa_answer",
               "qa_answer_lengths", "edit_instruction", "edit_image")
 ROW_FEATURES = packing.ROW_FEATURES
-SFT_ROW_FEATURES = ROW_FEATURES + ("task_ids",)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,19 +78,6 @@ FEATURE_SPEC = {
 }
 
 
-def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """tf.data map function: one serialized record -> dense tensors (int32 ids)."""
-    parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-    out = {}
-    for name, value in parsed.items():
-        if isinstance(value, tf.SparseTensor):
-            value = tf.sparse.to_dense(value)
-        if value.dtype == tf.int64:
-            value = tf.cast(value, tf.int32)
-        out[name] = value
-    return out
-
-
 def parse_numpy(serialized: bytes) -> dict:
     """One record as numpy / Python values (for tools and tests)."""
     example = tf.train.Example.FromString(serialized)

@@ -8,8 +8,7 @@ import ml_collections
 import pytest
 
 from cm3leon_jax import config
-from cm3leon_jax.data.sources import folder, images
-from cm3leon_jax.data.sources import catalog
+from cm3leon_jax.data.sources import catalog, folder, images
 
 
 def _save(path, mode, size=(40, 30), colour=None):
