@@ -111,9 +111,9 @@ def sft_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_stage(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from cm3leon_jax.evaluation import tasks  # noqa: PLC0415
 
-    settings = tasks.EvalSettings(num_examples=cfg.demo.eval_examples, seed=0,
-                                  retrieval=False, grid_examples=cfg.demo.grid_examples,
-                                  top_p=config.demo_config(cfg).top_p)
+    demo = config.demo_config(cfg)
+    settings = config.EvalSettings(num_examples=demo.eval_examples, seed=0, retrieval=False,
+                                   grid_examples=demo.grid_examples, top_p=demo.top_p)
     figures = tasks.evaluate(workdir, settings, cfg=cfg)  # SFT prompts take no retrieval
     out = paths.Workdir(workdir).demo
     pictures = []

@@ -30,7 +30,7 @@ import sys
 from absl import app, flags
 
 from cm3leon_jax import cli, console, paths  # cli also defines --config and --workdir
-from cm3leon_jax.evaluation.tasks import EvalSettings
+from cm3leon_jax.config import EvalSettings
 
 DEFAULTS = EvalSettings()  # every flag's default is the library's
 

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import ml_collections
 
-from cm3leon_jax import paths
+from cm3leon_jax import config, paths
 from cm3leon_jax.evaluation import tasks
 
 
@@ -34,7 +34,7 @@ from cm3leon_jax.evaluation import tasks
 class Grid:
     stages: tuple[str, ...] = ("pretrain", "sft")
     retrieval: tuple[bool, ...] = (False, True)
-    decodings: tuple[str, ...] = tasks.DECODINGS
+    decodings: tuple[str, ...] = config.EVAL_DECODINGS
     cfg_scales: tuple[float, ...] = (1.0, 3.0, 5.0)
 
 

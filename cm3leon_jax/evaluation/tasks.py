@@ -53,72 +53,9 @@ from cm3leon_jax import config as config_lib
 from cm3leon_jax import console, image_metrics, paths, visualize
 from cm3leon_jax.evaluation import attributes, cider, fid, vqa
 from cm3leon_jax.generation import generator as generator_lib
-from cm3leon_jax.config import CD_K_WHEN_CHOSEN, IMAGE_SAMPLING, SamplingConfig
+from cm3leon_jax.config import EVAL_TASKS as TASKS, EvalSettings
 
-TASKS = ("text2image", "caption", "vqa", "edit")
-DECODINGS = ("top_p", "cd_k")
 SFT_ONLY = ("vqa", "edit")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """What one evaluation runs (every field is a flag of `python -m cm3leon_jax.evaluate`).
-
-    num_examples: test examples per task (the first ones of the split). seed: decoding seed.
-    stage: pretrain or sft (None: sft when trained). retrieval: None = the generator's default.
-    cfg_scale: classifier-free guidance alpha for image tokens (1 = off). decoding: "top_p"
-      (temperature, top_p) or "cd_k" (contrastive decoding TopK: cd_k, cd_alpha; no top-p).
-    num_samples: images per prompt, the best kept by the generator's rerank (CLIP when the
-      workdir has a retrieval encoder: then FID and clip_score are judged by the reranker's
-      own encoder; keep 1 for unbiased figures). questions_per_example: VQA (0 = all).
-    grid_examples: examples drawn in the PNG grids (0 = none).
-    """
-
-    num_examples: int = 64
-    seed: int = 0
-    stage: Optional[str] = None
-    retrieval: Optional[bool] = None
-    cfg_scale: float = IMAGE_SAMPLING.cfg_scale
-    decoding: str = "top_p"
-    temperature: float = IMAGE_SAMPLING.temperature
-    top_p: float = IMAGE_SAMPLING.top_p
-    cd_k: int = CD_K_WHEN_CHOSEN
-    cd_alpha: float = IMAGE_SAMPLING.cd_alpha
-    num_samples: int = 1
-    questions_per_example: int = 0
-    tasks: tuple[str, ...] = TASKS
-    batch_size: int = 16
-    max_new_tokens: int = 48
-    grid_examples: int = 8
-
-    def check(self) -> "EvalSettings":
-        if self.num_examples < 2:
-            raise ValueError(f"num_examples must be >= 2 (FID and CIDEr-D need two), got "
-                             f"{self.num_examples}")
-        if self.decoding not in DECODINGS:
-            raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
-        if self.stage not in (None, "pretrain", "sft"):
-            raise ValueError(f"stage must be pretrain or sft, got {self.stage!r}")
-        if self.num_samples < 1 or self.questions_per_example < 0:
-            raise ValueError("num_samples must be >= 1 and questions_per_example >= 0")
-        self.image_sampling().check()
-        return self
-
-    def image_sampling(self) -> SamplingConfig:
-        if self.decoding == "cd_k":
-            return SamplingConfig(temperature=self.temperature, cfg_scale=self.cfg_scale,
-                                  cd_k=self.cd_k, cd_alpha=self.cd_alpha)
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p,
-                              cfg_scale=self.cfg_scale)
-
-    def label(self) -> str:
-        """Short description of the image-decoding setting (table rows, TensorBoard tags)."""
-        decoding = f"cdk{self.cd_k}" if self.decoding == "cd_k" else f"topp{self.top_p:g}"
-        retrieval = {None: "auto", True: "on", False: "off"}[self.retrieval]
-        return f"{self.stage or 'auto'}_ret-{retrieval}_cfg{self.cfg_scale:g}_{decoding}"
 
 
 @dataclasses.dataclass
