@@ -56,7 +56,7 @@ def _copy_prepared(source, target):
 
 def test_pretrain_then_sft(workdir):
     cfg = _cfg(workdir / "vocab")
-    out = pretrain.run(cfg, str(workdir))
+    pretrain.run(cfg, str(workdir))
     figures = results.read_metrics(str(workdir))["pretrain"]
     assert figures["steps"] == 6 and figures["train_loss"] > 0
     assert {"validation", "validation_no_retrieval"} <= set(figures["eval"])
