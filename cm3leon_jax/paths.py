@@ -173,6 +173,19 @@ def checkpoints_of(run_directory: str | epath.Path) -> epath.Path:
     return epath.Path(run_directory) / CHECKPOINTS
 
 
+def checkpoint_dirs(path: str | epath.Path,
+                    stage: Optional[str] = None) -> list[tuple[epath.Path, str]]:
+    """(checkpoints directory, run name) that `path` may mean, in order of preference: a run
+    directory or its checkpoints directory as given; else a project workdir's `stage` run, or its
+    instruction-tuned run, then its pretrained one."""
+    path = epath.Path(path)
+    if checkpoints_of(path).exists() or path.name == CHECKPOINTS:
+        run = path if path.name != CHECKPOINTS else path.parent
+        return [(checkpoints_of(run), run.name)]
+    stages = [stage] if stage else ["sft", "pretrain"]
+    return [(Workdir(path).checkpoints(name), name) for name in stages]
+
+
 def describe(width: int = 100) -> str:
     """The layout as the README shows it: each path, what it holds and which command writes it."""
     column = max(len(path) for path, _, _ in LAYOUT) + 2
@@ -185,8 +198,8 @@ def describe(width: int = 100) -> str:
 
 
 def first_existing(candidates, marker: str) -> Optional[epath.Path]:
-    """The first directory of `candidates` that holds `marker`, or None."""
+    """The first directory of `candidates` that holds `marker`, or None (empty ones skipped)."""
     for candidate in candidates:
-        if (epath.Path(candidate) / marker).exists():
+        if candidate and (epath.Path(candidate) / marker).exists():
             return epath.Path(candidate)
     return None

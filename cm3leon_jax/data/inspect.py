@@ -67,9 +67,9 @@ def find_vocab(workdir: str, prepared: epath.Path, override: str = ""):
     candidates = [override] if override else []
     recorded = pipeline.read_manifest(prepared).get("vocab", "")
     candidates += [c for c in (recorded, *map(str, paths.Workdir(workdir).vocab_candidates())) if c]
-    for candidate in candidates:
-        if (epath.Path(candidate) / VOCAB_FILE).exists():
-            return Vocabulary.load(candidate)
+    found = paths.first_existing(candidates, VOCAB_FILE)
+    if found is not None:
+        return Vocabulary.load(str(found))
     raise FileNotFoundError(f"no vocabulary found (looked in {', '.join(candidates)}); pass "
                             "--vocab DIR")
 

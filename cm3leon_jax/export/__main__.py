@@ -56,10 +56,9 @@ def find_vocabulary(workdir: str, full_config: dict, explicit: Optional[str]):
         with open(manifest) as handle:
             candidates.append(json.load(handle).get("vocab"))
     candidates.append((full_config.get("prepare") or {}).get("vocab_dir"))
-    candidates += [str(path) for path in work.vocab_candidates()]
-    for candidate in candidates:
-        if candidate and os.path.exists(os.path.join(candidate, VOCAB_FILE)):
-            return Vocabulary.load(candidate)
+    found = paths.first_existing([*candidates, *work.vocab_candidates()], VOCAB_FILE)
+    if found is not None:
+        return Vocabulary.load(str(found))
     if explicit:
         raise ExportError(f"--vocab {explicit}: no {VOCAB_FILE} there")
     return None

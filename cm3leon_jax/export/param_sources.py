@@ -126,14 +126,6 @@ def _manager(checkpoints_dir: epath.Path):
     return ocp.CheckpointManager(checkpoints_dir, item_names=ITEMS, options=options)
 
 
-def _checkpoint_dirs(workdir: epath.Path, stage: Optional[str]) -> list[tuple[epath.Path, str]]:
-    if paths.checkpoints_of(workdir).exists() or workdir.name == paths.CHECKPOINTS:
-        run = workdir if workdir.name != paths.CHECKPOINTS else workdir.parent
-        return [(paths.checkpoints_of(run), run.name)]
-    stages = [stage] if stage else ["sft", "pretrain"]
-    return [(paths.Workdir(workdir).checkpoints(name), name) for name in stages]
-
-
 def find_checkpoint(workdir: str, stage: Optional[str] = None,
                     step: Optional[int] = None) -> CheckpointLocation:
     """The checkpoint to export (see the module docstring); MissingCheckpoint says where it
@@ -144,7 +136,7 @@ def find_checkpoint(workdir: str, stage: Optional[str] = None,
     if not root.exists():
         raise MissingCheckpoint(f"--workdir {workdir} does not exist")
     looked = []
-    for checkpoints_dir, name in _checkpoint_dirs(root, stage):
+    for checkpoints_dir, name in paths.checkpoint_dirs(root, stage):
         looked.append(str(checkpoints_dir))
         if not checkpoints_dir.exists():
             continue

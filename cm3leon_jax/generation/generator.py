@@ -148,7 +148,7 @@ def load_vocab(workdir: str | epath.Path):
     (`W/tokenizers/vocab`), else an imported one (`W/vocab`)."""
     import json  # noqa: PLC0415
 
-    from cm3leon_jax.vocab import Vocabulary  # noqa: PLC0415
+    from cm3leon_jax.vocab import VOCAB_FILE, Vocabulary  # noqa: PLC0415
 
     work = paths.Workdir(workdir)
     manifest = work.prepared_manifest
@@ -156,7 +156,7 @@ def load_vocab(workdir: str | epath.Path):
         named = json.loads(manifest.read_text()).get("vocab")
         if named:
             return Vocabulary.load(named)
-    found = paths.first_existing(work.vocab_candidates(), "vocab.json")
+    found = paths.first_existing(work.vocab_candidates(), VOCAB_FILE)
     if found is None:
         raise FileNotFoundError(
             f"no vocabulary: {manifest} names none and neither of "

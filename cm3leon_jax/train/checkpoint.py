@@ -98,10 +98,8 @@ def run_directory(source: str) -> epath.Path:
     path = epath.Path(source)
     if not path.exists():
         raise FileNotFoundError(f"train.init_from={source!r}: no such directory")
-    work = paths.Workdir(path)
-    for candidate in (path, paths.checkpoints_of(path), work.checkpoints("sft"),
-                      work.checkpoints("pretrain")):
-        if candidate.name == paths.CHECKPOINTS and candidate.is_dir():
+    for candidate, _ in paths.checkpoint_dirs(path):
+        if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"train.init_from={source!r}: no checkpoints there (give a run "
                             "directory such as W/pretrain or W/sft, or a project workdir W)")

@@ -63,3 +63,13 @@ def test_no_stage_spells_the_layout_by_hand():
                 for number, line in enumerate(path.read_text().splitlines(), 1)
                 if literal.search(line)]
     assert offences == [], "\n".join(offences)
+
+
+def test_checkpoint_dirs_of_a_run_a_checkpoints_folder_or_a_project(tmp_path):
+    run = tmp_path / "pretrain"
+    (run / "checkpoints").mkdir(parents=True)
+    assert paths.checkpoint_dirs(run) == [(run / "checkpoints", "pretrain")]
+    assert paths.checkpoint_dirs(run / "checkpoints") == [(run / "checkpoints", "pretrain")]
+    assert paths.checkpoint_dirs(tmp_path) == [(tmp_path / "sft" / "checkpoints", "sft"),
+                                               (tmp_path / "pretrain" / "checkpoints", "pretrain")]
+    assert paths.checkpoint_dirs(tmp_path, "pretrain") == [(run / "checkpoints", "pretrain")]
