@@ -13,13 +13,20 @@ state). Tracing runs inside `models.platform.lowering_for(platform)`, so every b
 choice (attention kernel and Pallas interpret mode, hand-written backward passes, KV cache dtype)
 is the target's, not this machine's.
 
+`state_bytes_per_device` reads what one device holds of the train state from an exported step's
+own input shapes and shardings, and `compile_train_step` compiles the same step for this
+process's backend, whose memory analysis `python -m cm3leon_jax.plan --machine ... --lowered`
+reports (`parallel/memory_plan.py`).
+
 The decode step is one KV-cache step of generation (`generation/decode.py` runs it in a loop):
 one new token per row against a cache of `max_len` slots, params laid out as in training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Optional
 
 import jax
@@ -37,17 +44,15 @@ from cm3leon_jax.train import decoder_task, optimizer, state as state_lib, step 
 def _model(cfg: ml_collections.ConfigDict, attention: Optional[str]) -> ModelConfig:
     model = config_lib.model_config(cfg)
     if attention:
-        import dataclasses  # noqa: PLC0415
-
         model = dataclasses.replace(model, attention=attention)
         model.check("model")
     return model
 
 
-def export_train_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: MeshConfig, *,
-                      batch_size: int, seq_len: int, attention: Optional[str] = None
-                      ) -> jax.export.Exported:
-    """The sharded train step of `cfg`'s model, optimizer and mesh, lowered for `target`."""
+def _train_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: MeshConfig, lower, *,
+                batch_size: int, seq_len: int, attention: Optional[str] = None):
+    """`lower(step, state, batch)` of the sharded train step of `cfg`'s model, optimizer and
+    mesh, traced for `target` with the train state and batch abstract and laid out."""
     model = _model(cfg, attention)
     train = config_lib.train_config(cfg)
     mesh = mesh_lib.make_mesh(mesh_config)
@@ -68,7 +73,44 @@ def export_train_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: 
                  for name, dtype in (("ids", jnp.int32), ("segment_ids", jnp.int32),
                                      ("positions", jnp.int32), ("weights", jnp.float32))}
         with sharding.sharding_context(mesh, rules):
-            return jax.export.export(step, platforms=(target,))(abstract, batch)
+            return lower(step, abstract, batch)
+
+
+def export_train_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: MeshConfig, *,
+                      batch_size: int, seq_len: int, attention: Optional[str] = None
+                      ) -> jax.export.Exported:
+    """The sharded train step of `cfg`'s model, optimizer and mesh, lowered for `target`."""
+    return _train_step(cfg, target, mesh_config,
+                       lambda step, state, batch: jax.export.export(
+                           step, platforms=(target,))(state, batch),
+                       batch_size=batch_size, seq_len=seq_len, attention=attention)
+
+
+def compile_train_step(cfg: ml_collections.ConfigDict, mesh_config: MeshConfig, *,
+                       batch_size: int, seq_len: int) -> jax.stages.Compiled:
+    """The same train step compiled for this process's own backend and devices (fake CPU
+    devices included): `.memory_analysis()` is that compiler's buffer assignment."""
+    target = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+    return _train_step(cfg, target, mesh_config,
+                       lambda step, state, batch: step.lower(state, batch).compile(),
+                       batch_size=batch_size, seq_len=seq_len)
+
+
+def state_bytes_per_device(exported: jax.export.Exported,
+                           mesh_config: MeshConfig) -> dict[str, int]:
+    """Bytes one device holds of each top-level input of an exported train step (`params`,
+    `opt_state`, `step`, `rng`, ..., `batch`), read from the program's own input shapes and
+    shardings: the layout the target would run, not the plan's arithmetic."""
+    shardings = exported.in_shardings_jax(mesh_lib.make_mesh(mesh_config))
+    where = jax.tree_util.tree_unflatten(exported.in_tree, range(len(exported.in_avals)))
+    (state, batch), _ = where
+    result: dict[str, int] = {}
+    groups = [(field.name, getattr(state, field.name)) for field in dataclasses.fields(state)]
+    for name, indices in groups + [("batch", batch)]:
+        result[name] = sum(
+            math.prod(shardings[i].shard_shape(exported.in_avals[i].shape))
+            * exported.in_avals[i].dtype.itemsize for i in jax.tree.leaves(indices))
+    return result
 
 
 def export_decode_step(cfg: ml_collections.ConfigDict, target: str, mesh_config: MeshConfig, *,

@@ -28,6 +28,14 @@ mesh of 512 devices plans fine on a laptop). Figures:
   of its query blocks' lower triangle (its backward holds two or three such buffers), the
   kernels one block_q x block_kv tile per program (in on-chip memory, nothing in HBM on a TPU /
   GPU). `total` = residuals + scores. A kernel that cannot tile the shape reports why instead.
+
+On a machine (`MACHINES`, `plan --machine`): the config's micro-batch on data=1 x fsdp=the
+machine's devices, judged against its HBM less `HEADROOM`; when it does not fit, `search_fit`
+tries a stronger remat, then more micro-batches, then tensor parallelism, and names the first
+that fits. Two sources of figures: `arithmetic_footprint` (the plan above, plus the temporaries
+the backward pass holds for one block) and, with `--lowered`, `compiled_footprint` (the memory
+analysis of the real train step as this process's compiler lays it out) beside
+`exported_state_bytes` (the train state as the step exported for the target shards it).
 """
 
 from __future__ import annotations
@@ -39,15 +47,16 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from cm3leon_jax.models import accounting
 from cm3leon_jax.config import (MESH_AXES, REMAT_POLICIES, ConfigError, MeshConfig, ModelConfig)
-from cm3leon_jax.models import attention as attention_lib
+from cm3leon_jax.models import attention as attention_lib, platform
 from cm3leon_jax.models.decoder import (REMAT_POLICIES as CHECKPOINT_POLICIES, Block,
                                         BlockInputs, _norm)
 from cm3leon_jax.models.layers import DTYPES, Projection
 from cm3leon_jax.models.loss import cross_entropy_sums
-from cm3leon_jax.parallel import sharding as sharding_lib
+from cm3leon_jax.parallel import lowering, sharding as sharding_lib
 
 ADAMW_MOMENT_BYTES = 2 * 4  # two float32 moments per parameter element
 
@@ -295,4 +304,203 @@ def format_plan(config: ModelConfig, plan: Plan) -> str:
         f"  activations total (remat={memory['remat']}): {_gib(memory['activations'])}",
         f"  total: {_gib(memory['total'])}",
     ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Does a config fit a machine, and if not, what would: `python -m cm3leon_jax.plan --machine`
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A slice or host: JAX devices, nominal HBM per device, the platform its programs target."""
+    name: str
+    devices: int
+    hbm_gib: float
+    platform: str  # a jax.export platform name
+
+    @property
+    def backend(self) -> str:
+        """Its `jax.default_backend()` name: cpu, gpu, tpu."""
+        return platform.EXPORT_PLATFORMS[self.platform]
+
+    @property
+    def budget(self) -> int:
+        """Bytes a plan may use per device: HBM less the headroom."""
+        return int(self.hbm_gib * 2**30 * (1 - HEADROOM))
+
+
+# JAX devices: a v5e chip is one device, a v5p chip's two TensorCores one megacore device
+# (v5p-128 = 64 chips), an H100 one device.
+MACHINES = {machine.name: machine for machine in (
+    Machine("v5e-256", 256, 16, "tpu"), Machine("v5p-128", 64, 95, "tpu"),
+    Machine("8xh100", 8, 80, "cuda"))}
+# Left free for what no figure here counts: fragmentation, the runtime's own buffers, the
+# difference between a plan's estimate and the target compiler's buffer assignment.
+HEADROOM = 0.10
+# Remat policies from the most memory kept to the least (`full` keeps only each block's input).
+REMAT_BY_MEMORY = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "full")
+TENSOR_DEGREES = (2, 4)
+
+
+def find_machine(name: str) -> Machine:
+    if name.lower() not in MACHINES:
+        raise ConfigError(f"--machine={name!r}: unknown; one of {', '.join(MACHINES)}")
+    return MACHINES[name.lower()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What the fit search varies: the remat policy, micro-batches per step, tensor degree
+    (fsdp takes the machine's other devices, data=1)."""
+    remat: str
+    micro_batches: int
+    tensor: int
+
+    def mesh(self, base: MeshConfig, machine: Machine) -> MeshConfig:
+        return dataclasses.replace(base, data=1, fsdp=machine.devices // self.tensor,
+                                   tensor=self.tensor)
+
+    def sequences_per_device(self, batch_size: int, machine: Machine) -> int:
+        return batch_size // self.micro_batches // (machine.devices // self.tensor)
+
+    def describe(self, batch_size: int, machine: Machine) -> str:
+        return (f"remat={self.remat}, micro_batches={self.micro_batches}, tensor={self.tensor} "
+                f"({self.sequences_per_device(batch_size, machine)} sequence(s) per device)")
+
+
+def settings_to_try(configured: Setting, batch_size: int, machine: Machine) -> list[Setting]:
+    """The settings after `configured`, in the order the search tries them: each stronger remat
+    policy; then, at the strongest, more micro-batches (fewer sequences per device) down to one
+    sequence per batch shard; then tensor parallelism 2, 4 from the configured micro-batches."""
+
+    def runnable(setting: Setting) -> bool:
+        shards = machine.devices // setting.tensor
+        return (machine.devices % setting.tensor == 0 and batch_size % setting.micro_batches == 0
+                and (batch_size // setting.micro_batches) % shards == 0)
+
+    def more_micro_batches(remat: str, tensor: int) -> list[Setting]:
+        counts = range(configured.micro_batches, batch_size + 1)
+        return [setting for setting in (Setting(remat, k, tensor) for k in counts)
+                if runnable(setting)]
+
+    stronger = REMAT_BY_MEMORY[REMAT_BY_MEMORY.index(configured.remat) + 1:]
+    remat = REMAT_BY_MEMORY[-1]
+    settings = [Setting(policy, configured.micro_batches, 1) for policy in stronger]
+    settings += [setting for setting in more_micro_batches(remat, 1)
+                 if setting.micro_batches > configured.micro_batches]
+    for tensor in TENSOR_DEGREES:
+        settings += more_micro_batches(remat, tensor)
+    return [setting for setting in settings if setting != configured]
+
+
+def arithmetic_footprint(config: ModelConfig, mesh: MeshConfig, setting: Setting,
+                         micro_batch: int, seq_len: int, backend: str) -> dict[str, int]:
+    """Per-device bytes of `setting` from `make_plan` (see the module docstring): params,
+    gradients (two buffers with micro-batches: the running sum and the micro-batch's), AdamW
+    moments, activations kept under the remat policy, and temporaries: the rest of one block's
+    activations, which the backward pass recomputes and holds for the block it is on, plus one
+    copy of the score tiles of the attention implementation `backend` runs."""
+    plan = make_plan(dataclasses.replace(config, remat=setting.remat), mesh, micro_batch, seq_len)
+    memory = plan.bytes_per_device
+    per_layer = memory["activations_per_layer"]
+    attention = attention_lib.select_implementation(
+        config.attention, q_len=seq_len, kv_len=seq_len, head_dim=config.resolved_head_dim,
+        dtype=DTYPES[config.dtype], backend=backend)
+    figures = {"params": memory["params"],
+               "gradients": memory["gradients"] * (2 if setting.micro_batches > 1 else 1),
+               "optimizer": memory["optimizer"], "activations": memory["activations"],
+               "temporaries": per_layer["none"] - per_layer[setting.remat]
+               + memory["attention_per_layer"][attention]["scores"]}
+    figures["total"] = sum(figures.values())
+    return figures
+
+
+@dataclasses.dataclass
+class Fit:
+    """The configured setting's footprint, and the first setting that fits when it does not."""
+    machine: Machine
+    batch_size: int
+    source: str
+    tried: list[tuple[Setting, dict[str, int]]]
+
+    @property
+    def fits(self) -> bool:
+        return self.tried[0][1]["total"] <= self.machine.budget
+
+    @property
+    def found(self) -> Any:
+        """(setting, footprint) of the first setting within budget, or None."""
+        return next(((s, f) for s, f in self.tried if f["total"] <= self.machine.budget), None)
+
+    def verdict(self) -> str:
+        total = self.tried[0][1]["total"]
+        budget = (f"{self.machine.budget / 2**30:.2f} GiB ({100 - round(100 * HEADROOM)}% of "
+                  f"{self.machine.hbm_gib:g} GiB HBM)")
+        if self.fits:
+            return f"fits: {total / 2**30:.2f} GiB of {budget}"
+        line = f"does not fit: {total / 2**30:.2f} GiB of {budget}; "
+        if self.found is None:
+            return line + "no setting tried fits (remat, micro-batches, tensor 2/4)"
+        setting, figures = self.found
+        return (line + f"would fit with {setting.describe(self.batch_size, self.machine)} "
+                f"({figures['total'] / 2**30:.2f} GiB)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"machine": dataclasses.asdict(self.machine), "budget": self.machine.budget,
+                "source": self.source, "fits": self.fits, "verdict": self.verdict(),
+                "tried": [{**dataclasses.asdict(s), "bytes": f} for s, f in self.tried]}
+
+
+def with_setting(cfg: ml_collections.ConfigDict, setting: Setting) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with the setting's remat policy and micro-batches."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.model.remat = setting.remat
+    cfg.train.micro_batches = setting.micro_batches
+    return cfg
+
+
+def exported_state_bytes(cfg: ml_collections.ConfigDict, machine: Machine, mesh: MeshConfig,
+                         batch_size: int, seq_len: int) -> dict[str, int]:
+    """Per-device bytes of the train state's parts as the train step exported for the machine's
+    platform lays them out (`lowering.state_bytes_per_device`); needs the mesh's devices."""
+    exported = lowering.export_train_step(cfg, machine.platform, mesh, batch_size=batch_size,
+                                          seq_len=seq_len)
+    return lowering.state_bytes_per_device(exported, mesh)
+
+
+def compiled_footprint(cfg: ml_collections.ConfigDict, mesh: MeshConfig, setting: Setting,
+                       batch_size: int, seq_len: int) -> dict[str, int]:
+    """Per-device bytes from the memory analysis of the train step compiled for this process's
+    backend (`lowering.compile_train_step`): arguments (train state and batch shards), outputs
+    not aliased to a donated argument, and temporaries (everything else live at once at the
+    step's peak as the compiler assigns buffers: gradients, activations, recomputation)."""
+    stats = lowering.compile_train_step(with_setting(cfg, setting), mesh, batch_size=batch_size,
+                                        seq_len=seq_len).memory_analysis()
+    figures = {"arguments": stats.argument_size_in_bytes,
+               "outputs": stats.output_size_in_bytes - stats.alias_size_in_bytes,
+               "temporaries": stats.temp_size_in_bytes}
+    figures["total"] = sum(figures.values())
+    return figures
+
+
+def search_fit(machine: Machine, configured: Setting, batch_size: int, source: str,
+               footprint) -> Fit:
+    """`footprint(setting)` of the configured setting, then of `settings_to_try` in order until
+    one is within the machine's budget."""
+    fit = Fit(machine, batch_size, source, [(configured, footprint(configured))])
+    if not fit.fits:
+        for setting in settings_to_try(configured, batch_size, machine):
+            fit.tried.append((setting, footprint(setting)))
+            if fit.tried[-1][1]["total"] <= machine.budget:
+                break
+    return fit
+
+
+def format_fit(fit: Fit) -> str:
+    lines = [f"{fit.machine.name} ({fit.machine.devices} devices), per device, {fit.source}:"]
+    for setting, figures in fit.tried:
+        lines.append(f"  {setting.describe(fit.batch_size, fit.machine)}: " + ", ".join(
+            f"{name} {value / 2**30:.2f}" for name, value in figures.items()) + " GiB")
+    lines.append("  " + fit.verdict())
     return "\n".join(lines)
