@@ -15,9 +15,10 @@ timed after `--warmup` steps: tokens/s and MFU against the device's dense bfloat
 
 Reference, same run, same shapes (`--torch`, on by default): Hugging Face `OPTForCausalLM` with
 `enable_bias=False` and `layer_norm_elementwise_affine=False` (the cm3leon preset's
-architecture) on the same device kind, SDPA attention, bfloat16 autocast, AdamW: train tokens/s
-and `generate` tokens/s at the same batches, each at the settings that make it fastest here
-(`--torch_threads` on CPU: every count is timed and the best kept).
+architecture) on the same device kind, bfloat16 autocast, AdamW: train tokens/s and `generate`
+tokens/s at the same batches, each at the setting that makes it fastest here
+(`benchmarks/reference.py`: attention `eager` and `sdpa`, x `--torch_threads` on CPU; every
+setting is timed and kept, the best divides ours).
 
 Writes benchmarks/results/accelerator.json (or `--out`) and prints a markdown table for
 docs/BENCHMARKS.md ("Accelerator").
@@ -34,6 +35,7 @@ import platform as host_platform
 import time
 
 import numpy as np
+import reference
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "accelerator.json"
@@ -138,8 +140,8 @@ def torch_reference(model, batch_size: int, seq_len: int, steps: int, batches: t
         ffn_dim=4 * model.d_model, num_attention_heads=model.num_heads,
         max_position_embeddings=model.max_seq_len, enable_bias=False,
         layer_norm_elementwise_affine=False, activation_function="gelu", dropout=0.0,
-        attention_dropout=0.0, word_embed_proj_dim=model.d_model, tie_word_embeddings=True,
-        attn_implementation="sdpa")).to(device)
+        attention_dropout=0.0, word_embed_proj_dim=model.d_model,
+        tie_word_embeddings=True)).to(device)
     optimizer = torch.optim.AdamW(opt.parameters(), lr=1e-4, betas=(0.9, 0.95))
     ids = torch.randint(0, model.vocab_size, (batch_size, seq_len), device=device)
     bf16 = model.dtype == "bfloat16"
@@ -148,9 +150,11 @@ def torch_reference(model, batch_size: int, seq_len: int, steps: int, batches: t
         if device == "cuda":
             torch.cuda.synchronize()
 
-    out = {"device": device, "attention": opt.config._attn_implementation, "threads": {}}
-    for count in (threads if device == "cpu" else (torch.get_num_threads(),)):
+    out = {"device": device, "settings": {}}
+    for name, count, attention in reference.settings(
+            threads if device == "cpu" else (torch.get_num_threads(),)):
         torch.set_num_threads(count)
+        opt.set_attn_implementation(attention)
         train_times = []
         for index in range(1 + steps):
             start = time.perf_counter()
@@ -176,12 +180,8 @@ def torch_reference(model, batch_size: int, seq_len: int, steps: int, batches: t
                 times.append(time.perf_counter() - start)
             figures[f"decode_batch{batch}_tokens_per_s"] = batch * new_tokens / _best(times)
         opt.train()
-        out["threads"][str(count)] = figures
-    best = {}
-    for figures in out["threads"].values():  # the reference at its best setting, per figure
-        for key, value in figures.items():
-            best[key] = max(best.get(key, 0.0), value)
-    out["best"] = best
+        out["settings"][name] = figures
+    out["best"], out["best_setting"] = reference.best_per_figure(out["settings"])
     return out
 
 
@@ -190,17 +190,21 @@ def report(result: dict) -> str:
              f"{result['batch_size']} x {result['seq_len']} tokens per step",
              "", "| what | ours | torch (best setting) | ours / torch |", "|---|---:|---:|---:|"]
     torch_best = (result.get("torch") or {}).get("best", {})
+    setting = (result.get("torch") or {}).get("best_setting", {})
     for name, figures in result["train"].items():
-        ratio = figures["tokens_per_s"] / torch_best["train_tokens_per_s"] \
-            if torch_best.get("train_tokens_per_s") else float("nan")
+        theirs = torch_best.get("train_tokens_per_s", 0.0)
+        ratio = figures["tokens_per_s"] / theirs if theirs else float("nan")
+        # Same model and tokens per step, so MFU scales with tokens/s.
+        mfu = figures["mfu"] * theirs / figures["tokens_per_s"]
         lines.append(f"| train step, attention={name} | {figures['tokens_per_s']:,.0f} tok/s, "
-                     f"MFU {figures['mfu']:.1%} | {torch_best.get('train_tokens_per_s', 0):,.0f} "
-                     f"tok/s | {ratio:.2f}x |")
+                     f"MFU {figures['mfu']:.1%} | {theirs:,.0f} tok/s, MFU {mfu:.1%} "
+                     f"({setting.get('train_tokens_per_s', '-')}) | {ratio:.2f}x |")
     for batch, figures in result["decode"].items():
-        theirs = torch_best.get(f"decode_batch{batch}_tokens_per_s", 0.0)
+        key = f"decode_batch{batch}_tokens_per_s"
+        theirs = torch_best.get(key, 0.0)
         ratio = figures["tokens_per_s"] / theirs if theirs else float("nan")
         lines.append(f"| decode, batch {batch} | {figures['tokens_per_s']:,.1f} tok/s | "
-                     f"{theirs:,.1f} tok/s | {ratio:.2f}x |")
+                     f"{theirs:,.1f} tok/s ({setting.get(key, '-')}) | {ratio:.2f}x |")
     return "\n".join(lines)
 
 
@@ -215,7 +219,8 @@ def main() -> None:
     parser.add_argument("--decode_batches", default="1,16")
     parser.add_argument("--attention", default="", help="Comma list; default: this backend's.")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--torch_threads", default="1,2", help="CPU only: counts to try.")
+    parser.add_argument("--torch_threads", default=reference.TORCH_THREADS,
+                        help="CPU only: " + reference.THREADS_HELP)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     if args.dry_run:
@@ -249,7 +254,7 @@ def main() -> None:
         print("[accelerator] Hugging Face torch reference", flush=True)
         result["torch"] = torch_reference(model, args.batch_size, args.seq_len, args.steps,
                                           batches, args.new_tokens,
-                                          tuple(int(t) for t in args.torch_threads.split(",")))
+                                          reference.thread_counts(args.torch_threads))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

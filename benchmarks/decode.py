@@ -13,17 +13,17 @@ For each model shape (`tiny`: d=64, 2 layers, 4 heads, vocab 1,024; `cm3leon`: d
   the CM3leon preset's architecture) holding *the same weights* (our params mapped onto OPT's state
   dict; OPT's learned positions have an offset of 2, so our row p is its row p + 2; the script
   checks the two models' logits agree before timing), `generate(do_sample=True, top_p=0.9,
-  top_k=0)` with its KV cache, with 1 intra-op thread (`--torch_threads 1,2` adds 2: on this busy
-  2-core machine 2 threads made torch 8-17x slower, OpenMP spinning against the other jobs, so
-  the faster setting is the baseline);
+  top_k=0)` with its KV cache, at every setting that can be its fastest (`benchmarks/reference.py`):
+  intra-op threads (`--torch_threads`, default 1,2) x attention (`eager`, `sdpa`); every
+  setting's figure is kept and ours is divided by the best;
 * bfloat16 (the cm3leon shape): the same weights rounded to bfloat16 on both sides (our
   `dtype=param_dtype=bfloat16`: bfloat16 matmuls accumulating in float32, the KV cache in
-  float32 on CPU (`kv_cache.cache_dtype`); torch's model
-  `.to(torch.bfloat16)`): half the weight bytes per step, and this CPU has AMX;
+  float32 on CPU (`kv_cache.cache_dtype`); torch's model `.to(torch.bfloat16)`, timed at the
+  same settings): half the weight bytes per step, and this CPU has AMX;
 * the memory-bandwidth bound: a decode step must read every weight once (shared by the batch)
   plus each row's keys and values; with the machine's read bandwidth measured here (jitted and
   numpy sums over a 256 MiB float32 array, best of several), tokens/s <= batch * bandwidth / bytes
-  per step.
+  per step; both sides are reported as a fraction of it.
 
 Each figure is the best of a few timed runs after a warm-up run (compilation excluded), ours and
 torch's interleaved so both see the same machine load; the 1-minute load average before and after
@@ -45,6 +45,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import reference
 
 from cm3leon_jax.config import ModelConfig
 from cm3leon_jax.generation import constraints, decode
@@ -175,7 +176,7 @@ def check_same_model(cfg: ModelConfig, params, model, prompts: np.ndarray) -> fl
     return float(np.max(np.abs(ours - theirs)))
 
 
-def torch_runner(model, prompts: np.ndarray, new_tokens: int, threads: int):
+def torch_runner(model, prompts: np.ndarray, new_tokens: int, threads: int, attention: str):
     import torch  # noqa: PLC0415
 
     ids = torch.from_numpy(prompts.astype(np.int64))
@@ -183,6 +184,7 @@ def torch_runner(model, prompts: np.ndarray, new_tokens: int, threads: int):
 
     def run(seed: int) -> np.ndarray:
         torch.set_num_threads(threads)
+        model.set_attn_implementation(attention)
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=mask, do_sample=True, top_p=TOP_P, top_k=0,
@@ -229,10 +231,11 @@ def bench_shape(shape: str, new_tokens: int, batches: tuple[int, ...], repeats: 
     cfg = model_config(shape, max_seq_len=max(128, PROMPT_LEN + new_tokens))
     params = jax.tree.map(jnp.asarray, init_params(cfg, jax.random.key(0)))
     model = opt_model(cfg, params)
+    sides = {"float32": (cfg, params, model)}
     if with_bfloat16:  # the same weights rounded to bfloat16, on both sides
-        cfg16 = model_config(shape, cfg.max_seq_len, dtype="bfloat16")
-        params16 = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), params)
-        model16 = opt_model(cfg, params).to(torch.bfloat16)
+        sides["bfloat16"] = (model_config(shape, cfg.max_seq_len, dtype="bfloat16"),
+                             jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), params),
+                             opt_model(cfg, params).to(torch.bfloat16))
     rng = np.random.default_rng(0)
     check = rng.integers(3, cfg.vocab_size, size=(2, PROMPT_LEN)).astype(np.int32)
     figures = {"config": {k: getattr(cfg, k) for k in ("vocab_size", "num_layers", "d_model",
@@ -242,42 +245,37 @@ def bench_shape(shape: str, new_tokens: int, batches: tuple[int, ...], repeats: 
                "new_tokens": new_tokens, "prompt_tokens": PROMPT_LEN, "batches": {}}
     for batch in batches:
         prompts = rng.integers(3, cfg.vocab_size, size=(batch, PROMPT_LEN)).astype(np.int32)
-        runners = {"ours": ours_runner(cfg, params, prompts, new_tokens)}
-        for threads in torch_threads:
-            runners[f"torch_{threads}_thread"] = torch_runner(model, prompts, new_tokens, threads)
-        if with_bfloat16:
-            runners["ours_bf16"] = ours_runner(cfg16, params16, prompts, new_tokens)
-            runners["torch_bf16_1_thread"] = torch_runner(model16, prompts, new_tokens, 1)
+        runners = {}
+        for dtype, (config, weights, opt) in sides.items():
+            runners[f"ours_{dtype}"] = ours_runner(config, weights, prompts, new_tokens)
+            for name, threads, attention in reference.settings(torch_threads):
+                runners[f"torch_{dtype}_{name}"] = torch_runner(opt, prompts, new_tokens,
+                                                                threads, attention)
         load_before = load_average()
         rates, cpu_rates = timed(runners, batch * new_tokens, repeats)
-        torch_name = max((k for k in rates if k.startswith("torch_") and "bf16" not in k),
-                         key=rates.get)
-        torch_best = rates[torch_name]
-        bound = batch * bandwidth / bytes_per_step(cfg, params, batch, new_tokens)
-        figures["batches"][str(batch)] = {
-            "tokens_per_second": rates,
-            "tokens_per_cpu_second": cpu_rates,
-            "torch_best": torch_best,
-            "ours_over_torch": round(rates["ours"] / torch_best, 2),
-            "ours_over_torch_cpu_time": round(cpu_rates["ours"] / cpu_rates[torch_name], 2),
-            "bandwidth_bound_tokens_per_second": round(bound, 1),
-            "ours_fraction_of_bound": round(rates["ours"] / bound, 3),
-            "torch_fraction_of_bound": round(torch_best / bound, 3),
-            "bytes_per_step": bytes_per_step(cfg, params, batch, new_tokens),
+        figures["batches"][str(batch)] = entry = {
+            "tokens_per_second": rates, "tokens_per_cpu_second": cpu_rates,
             "load_average_1min": [load_before, load_average()]}
-        if with_bfloat16:
-            bound16 = batch * bandwidth / bytes_per_step(cfg16, params16, batch, new_tokens)
-            figures["batches"][str(batch)]["bfloat16"] = {
-                "ours_over_torch": round(rates["ours_bf16"] / rates["torch_bf16_1_thread"], 2),
-                "ours_bf16_over_torch_float32": round(rates["ours_bf16"] / torch_best, 2),
-                "ours_bf16_over_torch_float32_cpu_time": round(
-                    cpu_rates["ours_bf16"] / cpu_rates[torch_name], 2),
-                "ours_over_torch_cpu_time": round(cpu_rates["ours_bf16"]
-                                                  / cpu_rates["torch_bf16_1_thread"], 2),
-                "bandwidth_bound_tokens_per_second": round(bound16, 1),
-                "ours_fraction_of_bound": round(rates["ours_bf16"] / bound16, 3)}
-        print(f"{shape} batch {batch}: {json.dumps(figures['batches'][str(batch)])}",
-              flush=True)
+        for dtype, (config, weights, _) in sides.items():
+            ours, prefix = f"ours_{dtype}", f"torch_{dtype}_"
+            setting, torch_best = reference.best({name[len(prefix):]: rate
+                                                  for name, rate in rates.items()
+                                                  if name.startswith(prefix)})
+            step_bytes = bytes_per_step(config, weights, batch, new_tokens)
+            bound = batch * bandwidth / step_bytes
+            entry[dtype] = {
+                "ours": rates[ours], "torch_best": torch_best, "torch_best_setting": setting,
+                "ours_over_torch": round(rates[ours] / torch_best, 2),
+                "ours_over_torch_cpu_time": round(
+                    cpu_rates[ours] / cpu_rates[prefix + setting], 2),
+                "bandwidth_bound_tokens_per_second": round(bound, 1),
+                "bytes_per_step": step_bytes,
+                "ours_fraction_of_bound": round(rates[ours] / bound, 3),
+                "torch_fraction_of_bound": round(torch_best / bound, 3)}
+            print(f"{shape} batch {batch} {dtype}: ours {rates[ours]} tokens/s "
+                  f"({reference.percent(rates[ours], bound)}), torch {torch_best} at {setting} "
+                  f"({reference.percent(torch_best, bound)}), bandwidth bound {bound:.1f}; "
+                  f"ours / torch {rates[ours] / torch_best:.2f}x", flush=True)
     return figures
 
 
@@ -287,8 +285,8 @@ def main() -> None:
     parser.add_argument("--tiny_tokens", type=int, default=128)
     parser.add_argument("--cm3leon_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--torch_threads", default="1",
-                        help="torch intra-op thread counts to time, e.g. 1,2")
+    parser.add_argument("--torch_threads", default=reference.TORCH_THREADS,
+                        help=reference.THREADS_HELP)
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     import torch  # noqa: PLC0415
@@ -296,11 +294,11 @@ def main() -> None:
 
     started = time.time()
     bandwidth = measure_read_bandwidth()
-    threads = tuple(int(t) for t in args.torch_threads.split(","))
+    threads = reference.thread_counts(args.torch_threads)
     results = {"command": "PYTHONPATH=. python benchmarks/decode.py "
                           + " ".join(f"--{k}={v}" for k, v in vars(args).items() if k != "out"),
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                           "processor": platform.processor(),
+                           "cpu": reference.cpu_model(),
                            "load_average_1min_at_start": load_average()},
                "versions": {"jax": jax.__version__, "torch": torch.__version__,
                             "transformers": transformers.__version__},

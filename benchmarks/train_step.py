@@ -6,10 +6,14 @@ Both sides train the same shape (cm3leon preset = OPT with `enable_bias=False`,
 `layer_norm_elementwise_affine=False`, GELU, tied embeddings): d_model 512, 8 layers, 8 heads,
 vocabulary 8,192, sequence 512, batch 8 (4,096 tokens per step); a full step is forward, backward
 and AdamW. float32, then bfloat16 compute (JAX: `model.dtype=bfloat16` with float32 weights;
-torch: `torch.autocast("cpu", bfloat16)`). The two frameworks' steps are interleaved (jax, torch,
-jax, ...) so that a change of machine load during the run hits both alike. The same process
-measures the matmul peak (2048^2 jnp.dot / torch.mm, float32 and bfloat16) and reports each
-side's achieved FLOP rate as a fraction of its own peak in that dtype.
+torch: `torch.autocast("cpu", bfloat16)`). torch is timed at every setting that can be its
+fastest (`benchmarks/reference.py`): intra-op threads (`--torch_threads`, default 1,2) x
+attention (`eager`, `sdpa`); every setting's figures are kept and JAX is divided by the best.
+The steps are interleaved (jax, each torch setting, jax, ...) so that a change of machine load
+during the run hits every side alike. The same process measures the matmul peak (2048^2 jnp.dot /
+torch.mm at each thread count, float32 and bfloat16); the FLOP bound of a dtype is the fastest
+matmul either framework ran in it, divided by the FLOPs per token, and both sides are reported as
+a fraction of it.
 
 Figures per side: tokens/s from the best and the median wall-clock step, and tokens per CPU
 second (process CPU time: on a shared machine this is the steadier measure of the work done;
@@ -30,11 +34,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
 
+import reference
 from absl import app, flags
 
 _STEPS = flags.DEFINE_integer("steps", 4, "Timed steps per framework and dtype.")
@@ -47,22 +51,14 @@ _HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to run.")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "Which sides to run.")
+_TORCH_THREADS = flags.DEFINE_string("torch_threads", reference.TORCH_THREADS,
+                                     reference.THREADS_HELP)
 _SCAN = flags.DEFINE_bool("scan_layers", False, "JAX: nn.scan over layers (slower on CPU).")
 _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for the JAX side.")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul for the peak.")
 _OUTPUT = flags.DEFINE_string(
     "output", str(pathlib.Path(__file__).resolve().parent / "results" / "train_step.json"),
     "Where to write the JSON results.")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _cpu_flags() -> list[str]:
@@ -86,10 +82,11 @@ def _best_seconds(fn, repeats: int = 5) -> float:
     return min(times)
 
 
-def matmul_peaks(size: int) -> dict[str, float]:
-    """GFLOP/s of one size x size matmul, best of 5, for each framework and dtype. JAX bfloat16 is
-    measured both ways: bf16 -> bf16 (`jnp.dot` default, which XLA:CPU runs as a float32 GEMM)
-    and bf16 -> float32 accumulation (what the model uses)."""
+def matmul_peaks(size: int, threads: tuple[int, ...]) -> dict[str, float]:
+    """GFLOP/s of one size x size matmul, best of 5, for each framework and dtype (torch: the
+    best of its thread counts). JAX bfloat16 is measured both ways: bf16 -> bf16 (`jnp.dot`
+    default, which XLA:CPU runs as a float32 GEMM) and bf16 -> float32 accumulation (what the
+    model uses)."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -104,7 +101,9 @@ def matmul_peaks(size: int) -> dict[str, float]:
         peaks[name] = flop / _best_seconds(lambda: dot(a, a).block_until_ready())
     for name, dtype in (("torch_float32", torch.float32), ("torch_bfloat16", torch.bfloat16)):
         a = torch.ones(size, size, dtype=dtype)
-        peaks[name] = flop / _best_seconds(lambda: a @ a)
+        for count in threads:
+            torch.set_num_threads(count)
+            peaks[name] = max(peaks.get(name, 0.0), flop / _best_seconds(lambda: a @ a))
     return {k: round(v, 1) for k, v in peaks.items()}
 
 
@@ -152,8 +151,9 @@ def jax_stepper(dtype: str, tokens):
     return run
 
 
-def torch_stepper(dtype: str, tokens):
-    """A callable running one train step of HF OPTForCausalLM of the same shape."""
+def torch_stepper(dtype: str, tokens, threads: int, attention: str):
+    """A callable running one train step of HF OPTForCausalLM of the same shape, at this
+    thread count and attention implementation."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -164,7 +164,7 @@ def torch_stepper(dtype: str, tokens):
         max_position_embeddings=_SEQ_LEN.value, enable_bias=False,
         layer_norm_elementwise_affine=False, activation_function="gelu",
         do_layer_norm_before=True, word_embed_proj_dim=_D_MODEL.value, dropout=0.0,
-        attention_dropout=0.0, tie_word_embeddings=True))
+        attention_dropout=0.0, tie_word_embeddings=True, attn_implementation=attention))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
                                   weight_decay=0.1)
@@ -172,17 +172,18 @@ def torch_stepper(dtype: str, tokens):
     use_bf16 = dtype == "bfloat16"
 
     def run():
+        torch.set_num_threads(threads)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return run, model.config._attn_implementation
+    return run
 
 
 def _summarize(times: list[tuple[float, float]], tokens: int, flops_per_token: int,
-               peak: float) -> dict:
+               bound: float) -> dict:
     walls = [t[0] for t in times]
     cpus = [t[1] for t in times]
     best = min(walls)
@@ -193,7 +194,7 @@ def _summarize(times: list[tuple[float, float]], tokens: int, flops_per_token: i
         "tokens_per_s_median": round(tokens / statistics.median(walls), 1),
         "tokens_per_cpu_s": round(tokens / min(cpus), 1),
         "achieved_gflop_s_best": round(flops_per_token * tokens / best / 1e9, 1),
-        "fraction_of_matmul_peak": round(flops_per_token * tokens / best / 1e9 / peak, 3),
+        "fraction_of_bound": round(tokens / best / bound, 3),
     }
 
 
@@ -206,9 +207,9 @@ def main(argv):
 
     from cm3leon_jax.models import accounting
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = reference.thread_counts(_TORCH_THREADS.value)
     load_before = os.getloadavg()
-    peaks = matmul_peaks(_MATMUL.value)
+    peaks = matmul_peaks(_MATMUL.value, threads)
     print("matmul peaks (GFLOP/s):", peaks, flush=True)
 
     cfg = _model_config("float32")
@@ -220,6 +221,9 @@ def main(argv):
                                                dtype=np.int32)
     results = {}
     for dtype in _DTYPES.value:
+        # The machine's bound in this dtype: the fastest matmul either framework ran in it.
+        bound = max(peaks[f"jax_{dtype}"], peaks[f"torch_{dtype}"]) * 1e9 / flops
+        results[f"flop_bound_tokens_per_s_{dtype}"] = round(bound, 1)
         steppers, extra = {}, {}
         if "jax" in _FRAMEWORKS.value:
             start = time.perf_counter()
@@ -227,8 +231,8 @@ def main(argv):
             steppers["jax"]()  # compiles
             extra["jax"] = {"first_step_with_compile_s": round(time.perf_counter() - start, 1)}
         if "torch" in _FRAMEWORKS.value:
-            steppers["torch"], attn = torch_stepper(dtype, tokens)
-            extra["torch"] = {"attn_implementation": attn}
+            for name, count, attention in reference.settings(threads):
+                steppers[f"torch_{name}"] = torch_stepper(dtype, tokens, count, attention)
         for _ in range(_WARMUP.value):
             for run in steppers.values():
                 run()
@@ -238,13 +242,21 @@ def main(argv):
                 wall, cpu = time.perf_counter(), time.process_time()
                 run()
                 times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-        for name in steppers:
-            peak_key = f"{name}_{dtype}"
-            summary = _summarize(times[name], tokens_per_step, flops, peaks[peak_key])
-            summary.update(extra[name])
-            results[f"{name}_{dtype}"] = summary
+        summaries = {name: _summarize(times[name], tokens_per_step, flops, bound)
+                     for name in steppers}
+        for name, summary in summaries.items():
+            summary.update(extra.get(name, {}))
             print(f"{name} {dtype}: {summary}", flush=True)
-        if {"jax", "torch"} <= set(steppers):
+        if "jax" in summaries:
+            results[f"jax_{dtype}"] = summaries.pop("jax")
+        if summaries:
+            setting, _ = reference.best({name.removeprefix("torch_"): summary["tokens_per_s_best"]
+                                         for name, summary in summaries.items()})
+            results[f"torch_{dtype}"] = {
+                "best_setting": setting, **summaries[f"torch_{setting}"],
+                "settings": {name.removeprefix("torch_"): summary
+                             for name, summary in summaries.items()}}
+        if {"jax", "torch"} <= set(_FRAMEWORKS.value):
             jax_r, torch_r = results[f"jax_{dtype}"], results[f"torch_{dtype}"]
             results[f"jax_over_torch_{dtype}"] = {
                 "best_step": round(jax_r["tokens_per_s_best"] / torch_r["tokens_per_s_best"], 3),
@@ -252,7 +264,11 @@ def main(argv):
                                      / torch_r["tokens_per_s_median"], 3),
                 "per_cpu_second": round(jax_r["tokens_per_cpu_s"] / torch_r["tokens_per_cpu_s"],
                                         3)}
-            print(f"jax / torch {dtype}: {results[f'jax_over_torch_{dtype}']}", flush=True)
+            print(f"{dtype}: JAX {jax_r['tokens_per_s_best']} tokens/s "
+                  f"({reference.percent(jax_r['tokens_per_s_best'], bound)}), torch "
+                  f"{torch_r['tokens_per_s_best']} at {torch_r['best_setting']} "
+                  f"({reference.percent(torch_r['tokens_per_s_best'], bound)}), FLOP bound "
+                  f"{bound:.1f}; JAX / torch {results[f'jax_over_torch_{dtype}']}", flush=True)
 
     import jax
     import transformers
@@ -266,7 +282,8 @@ def main(argv):
         "flops_per_token": flops,
         "matmul_peak_gflop_s": peaks,
         "results": results,
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": _cpu_flags(),
+        "machine": {"cpu": reference.cpu_model(), "cpu_count": os.cpu_count(),
+                    "cpu_flags": _cpu_flags(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
