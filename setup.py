@@ -34,6 +34,11 @@ setuptools.setup(
     extras_require={
         # torch must be installed as `torch==2.13.0` *before* this extra (see .ci/run): an unpinned
         # torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "pytest-xdist", "torch", "transformers", "fsspec"],
+        # The browser test also needs Chromium and its driver (Debian: chromium chromium-driver;
+        # .ci/run installs them).
+        "test": ["pytest", "pytest-xdist", "torch", "transformers", "fsspec", "gradio",
+                 "selenium"],
+        # python -m cm3leon_jax.serve: the local web page.
+        "serve": ["gradio"],
     },
 )

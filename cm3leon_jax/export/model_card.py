@@ -108,6 +108,48 @@ def _usage(model: ModelConfig) -> str:
             "logits = model.lm_head(model.model(ids).last_hidden_state)\n```\n")
 
 
+def architecture(model: ModelConfig) -> dict[str, Any]:
+    """The model's shape, as the card's architecture table shows it."""
+    return {"preset": model.preset, "layers": model.num_layers, "d_model": model.d_model,
+            "heads": model.num_heads, "key/value heads": model.kv_heads,
+            "MLP width": model.hidden_dim, "vocabulary": model.vocab_size,
+            "max sequence": model.max_seq_len, "tied embeddings": model.tie_embeddings,
+            "QK-norm": model.qk_norm, "swin-norm": model.swin_norm}
+
+
+def training_data(data_card: Optional[dict]) -> list[str]:
+    """The card's training-data section (markdown lines) from data_card.json."""
+    lines = ["", "## Training data", ""]
+    if data_card:
+        lines.append(f"Data set `{data_card.get('data_set')}`, shards fingerprint "
+                     f"`{data_card.get('shards_fingerprint', '')[:16]}`.")
+        lines += ["", "| split | documents | tokens |", "|---|---|---|"]
+        for split, counts in data_card.get("splits", {}).items():
+            lines.append(f"| {split} | {counts.get('documents', 0):,} | "
+                         f"{counts.get('tokens', 0):,} |")
+        licences = _licences(data_card)
+        lines += ["", "Document licences: " + (", ".join(f"{k} ({v:,})" for k, v in
+                                                       sorted(licences.items())) or "none")]
+        policy = data_card.get("policy", {})
+        lines.append(f"Licence policy: allowed {policy.get('allowed_licenses')}, known licence "
+                     f"required: {policy.get('require_license')}, documents removed on request: "
+                     f"{policy.get('removed_count', 0)}.")
+    else:
+        lines.append("No data card was found (`data_card.json` is written by "
+                     "`python -m cm3leon_jax.data.prepare`).")
+    return lines
+
+
+def results(metrics: Optional[dict]) -> list[str]:
+    """The card's results section (markdown lines) from metrics.json."""
+    lines: list[str] = []
+    entries = card_metrics(metrics or {})
+    if entries:
+        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {e['name']} | {e['value']:.6g} |" for e in entries]
+    return lines
+
+
 def body(model: ModelConfig, report, vocab, data_card: Optional[dict], metrics: Optional[dict],
          provenance: dict, dtype: str) -> str:
     lines = [f"# {os.path.basename(os.path.abspath(report.out_dir))}", "",
@@ -116,13 +158,8 @@ def body(model: ModelConfig, report, vocab, data_card: Optional[dict], metrics: 
              "of text and VQ-GAN image codes), exported as transformers "
              f"`{report.architecture}` ({dtype}).", "", "## Architecture", "",
              "| field | value |", "|---|---|"]
-    rows = {"preset": model.preset, "layers": model.num_layers, "d_model": model.d_model,
-            "heads": model.num_heads, "key/value heads": model.kv_heads,
-            "MLP width": model.hidden_dim, "vocabulary": model.vocab_size,
-            "max sequence": model.max_seq_len, "tied embeddings": model.tie_embeddings,
-            "QK-norm": model.qk_norm, "swin-norm": model.swin_norm,
-            "tensors": report.num_tensors, "bytes": f"{report.tensor_bytes:,}",
-            "files": ", ".join(report.files)}
+    rows = {**architecture(model), "tensors": report.num_tensors,
+            "bytes": f"{report.tensor_bytes:,}", "files": ", ".join(report.files)}
     lines += [f"| {key} | {value} |" for key, value in rows.items()]
     lines += ["", "## Use", "", _usage(model)]
     lines += ["## Ids and tokenizers", ""]
@@ -147,28 +184,7 @@ def body(model: ModelConfig, report, vocab, data_card: Optional[dict], metrics: 
                   "as above or use cm3leon_jax."]
     if report.notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in report.notes]
-    lines += ["", "## Training data", ""]
-    if data_card:
-        lines.append(f"Data set `{data_card.get('data_set')}`, shards fingerprint "
-                     f"`{data_card.get('shards_fingerprint', '')[:16]}`.")
-        lines += ["", "| split | documents | tokens |", "|---|---|---|"]
-        for split, counts in data_card.get("splits", {}).items():
-            lines.append(f"| {split} | {counts.get('documents', 0):,} | "
-                         f"{counts.get('tokens', 0):,} |")
-        licences = _licences(data_card)
-        lines += ["", "Document licences: " + (", ".join(f"{k} ({v:,})" for k, v in
-                                                       sorted(licences.items())) or "none")]
-        policy = data_card.get("policy", {})
-        lines.append(f"Licence policy: allowed {policy.get('allowed_licenses')}, known licence "
-                     f"required: {policy.get('require_license')}, documents removed on request: "
-                     f"{policy.get('removed_count', 0)}.")
-    else:
-        lines.append("No data card was found (`data_card.json` is written by "
-                     "`python -m cm3leon_jax.data.prepare`).")
-    entries = card_metrics(metrics or {})
-    if entries:
-        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {e['name']} | {e['value']:.6g} |" for e in entries]
+    lines += training_data(data_card) + results(metrics)
     if provenance:
         lines += ["", "## Provenance", ""] + [f"- {key}: {value}" for key, value in
                                               provenance.items()]
@@ -189,3 +205,17 @@ def write_model_card(out_dir: str, model: ModelConfig, report, *, vocab=None,
     with open(path, "w") as handle:
         handle.write(text)
     return path
+
+
+def run_card(model: ModelConfig, stage: str, step: Optional[int], workdir: str) -> str:
+    """The card of a trained, not exported, model (markdown, no YAML header): what the page of
+    `python -m cm3leon_jax.serve` shows beside the model."""
+    work = paths.Workdir(workdir)
+    lines = [f"# {stage} model of {os.path.abspath(workdir)}", "",
+             f"A {model.preset} mixed-modal decoder trained with cm3leon_jax (CM3leon recipe: one "
+             f"token stream of text and VQ-GAN image codes), checkpoint step {step}.", "",
+             "## Architecture", "", "| field | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in architecture(model).items()]
+    lines += training_data(_read_json(str(work.data_card)))
+    lines += results(_read_json(str(work.metrics)))
+    return "\n".join(lines) + "\n"

@@ -173,6 +173,7 @@ class ImageResult:
     scores: np.ndarray  # float32 [N], best first
     score_name: str  # rerank.CLIP or rerank.LOG_PROB
     retrieved: int  # documents prepended to the prompt
+    documents: list = dataclasses.field(default_factory=list)  # those documents (layout.Document)
 
 
 @dataclasses.dataclass
@@ -182,6 +183,7 @@ class TextResult:
     scores: np.ndarray  # float32 [N]: mean log-prob per token
     spans: Optional[list[list[str]]] = None  # infilling: the generated span(s) of each sample
     retrieved: int = 0
+    documents: list = dataclasses.field(default_factory=list)  # those documents (layout.Document)
 
 
 class Generator:
@@ -270,9 +272,9 @@ class Generator:
 
     def _retrieved(self, use: Optional[bool], image_first: bool, prompt_lens: Sequence[int],
                    new_tokens: int, texts=None, images=None
-                   ) -> tuple[list[np.ndarray], list[int]]:
+                   ) -> tuple[list[np.ndarray], list[list]]:
         """Per query, its `ret_1 <break> ret_2 <break>` prefix (fitted to the model's length)
-        and how many documents it holds. use: None = `retrieval_by_default`."""
+        and the documents it holds. use: None = `retrieval_by_default`."""
         count = len(prompt_lens)
         if use is None:
             use = self.retrieval_by_default
@@ -280,16 +282,26 @@ class Generator:
             raise ValueError("retrieval was requested but this workdir has no retrieval index: "
                              "build it with python -m cm3leon_jax.retrieval.build_index")
         if not use:
-            return [np.zeros(0, np.int32)] * count, [0] * count
+            return [np.zeros(0, np.int32)] * count, [[] for _ in range(count)]
         found = self.retriever.documents(texts=texts, images=images)
         special = self.builder.special
         kept = [fit_documents(documents, self._budget(length, new_tokens), special, image_first)
                 for documents, length in zip(found, prompt_lens)]
-        return ([self.builder.retrieved_prefix(documents, image_first) for documents in kept],
-                [len(documents) for documents in kept])
+        return [self.builder.retrieved_prefix(documents, image_first) for documents in kept], kept
+
+    def show_document(self, document) -> tuple[str, Optional[np.ndarray]]:
+        """A retrieved document as a person reads it: its caption and its uint8 image (None
+        when it has no image)."""
+        text = self.vocab.decode_text(document.text) if document.text is not None and len(
+            document.text) else ""
+        image = None
+        if document.image is not None and len(document.image):
+            codes = np.asarray(document.image, np.int32) - self.vocab.image_offset
+            image = self.image_tokenizer.decode(codes.reshape(1, *self.vocab.code_shape))[0]
+        return text, image
 
     def _decode_images(self, prompts: list[prompts_lib.Prompt], labels: Sequence[str],
-                       num_samples: int, sampling: SamplingConfig, seed: int, retrieved: list[int]
+                       num_samples: int, sampling: SamplingConfig, seed: int, retrieved: list[list]
                        ) -> list[ImageResult]:
         codes, mean_log_probs = generate_images(
             self.params, self.model_cfg, self.vocab, [p.ids for p in prompts],
@@ -304,12 +316,12 @@ class Generator:
             best = order[i]
             results.append(ImageResult(prompt=label, codes=codes[i][best], images=images[i][best],
                                        scores=scores[i][best], score_name=name,
-                                       retrieved=retrieved[i]))
+                                       retrieved=len(retrieved[i]), documents=retrieved[i]))
         return results
 
     def _decode_texts(self, prompts: list[prompts_lib.Prompt], labels: Sequence[str],
                       num_samples: int, sampling: SamplingConfig, seed: int,
-                      max_new_tokens: int, retrieved: Optional[list[int]] = None
+                      max_new_tokens: int, retrieved: Optional[list[list]] = None
                       ) -> list[TextResult]:
         first = prompts[0]
         room = self.model_cfg.max_seq_len - max(len(p.ids) for p in prompts)
@@ -330,9 +342,10 @@ class Generator:
                 results.append(TextResult(label, [f for f, _ in filled], scores[i][best],
                                           spans=[s for _, s in filled]))
             else:
+                documents = retrieved[i] if retrieved else []
                 results.append(TextResult(label, [self.builder.text_of(outputs[i][j])
                                                   for j in best], scores[i][best],
-                                          retrieved=(retrieved or [0] * len(prompts))[i]))
+                                          retrieved=len(documents), documents=documents))
         return results
 
     # ------------------------------------------------------------------------------ tasks
@@ -343,10 +356,10 @@ class Generator:
         retrieval: prepend retrieved documents (None: `retrieval_by_default`)."""
         new_tokens = self.vocab.tokens_per_image - 1
         bare = [self.builder.text_to_image(c) for c in captions]
-        prefixes, counts = self._retrieved(retrieval, False, [len(p.ids) for p in bare],
-                                           new_tokens, texts=list(captions))
+        prefixes, documents = self._retrieved(retrieval, False, [len(p.ids) for p in bare],
+                                              new_tokens, texts=list(captions))
         prompts = [self.builder.text_to_image(c, prefix) for c, prefix in zip(captions, prefixes)]
-        return self._decode_images(prompts, captions, num_samples, sampling, seed, counts)
+        return self._decode_images(prompts, captions, num_samples, sampling, seed, documents)
 
     def edit(self, images: np.ndarray, instructions: Sequence[str], *, num_samples: int = 1,
              sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> list[ImageResult]:
@@ -354,7 +367,7 @@ class Generator:
         codes = self.encode_images(images)
         prompts = [self.builder.edit(c, text) for c, text in zip(codes, instructions)]
         return self._decode_images(prompts, instructions, num_samples, sampling, seed,
-                                   [0] * len(prompts))
+                                   [[] for _ in prompts])
 
     def caption(self, images: np.ndarray, *, num_samples: int = 1,
                 sampling: SamplingConfig = SamplingConfig(temperature=0.0), seed: int = 0,
@@ -364,11 +377,11 @@ class Generator:
         images = np.asarray(images, np.uint8)
         codes = self.encode_images(images)
         bare = [self.builder.caption(c) for c in codes]
-        prefixes, counts = self._retrieved(retrieval, True, [len(p.ids) for p in bare],
-                                           max_new_tokens, images=images)
+        prefixes, documents = self._retrieved(retrieval, True, [len(p.ids) for p in bare],
+                                              max_new_tokens, images=images)
         prompts = [self.builder.caption(c, prefix) for c, prefix in zip(codes, prefixes)]
         return self._decode_texts(prompts, ["caption"] * len(prompts), num_samples, sampling,
-                                  seed, max_new_tokens, counts)
+                                  seed, max_new_tokens, documents)
 
     def vqa(self, images: np.ndarray, questions: Sequence[str], *, num_samples: int = 1,
             sampling: SamplingConfig = SamplingConfig(temperature=0.0), seed: int = 0,

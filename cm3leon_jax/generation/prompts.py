@@ -116,9 +116,10 @@ class PromptBuilder:
 
     def _require_sft(self, task: str) -> None:
         if self.stage != "sft":
-            raise ValueError(f"--task {task} needs the instruction-tuned model (<workdir>/sft): "
-                             "pretraining never shows this task. Run `python -m cm3leon_jax.sft "
-                             "--config experiments/sft_tiny.py --workdir <workdir>` first")
+            raise ValueError(f"the {task} task needs the instruction-tuned model (<workdir>/sft),"
+                             " not the pretrained one: pretraining never shows this task. Run "
+                             "`python -m cm3leon_jax.sft --config experiments/sft_tiny.py "
+                             "--workdir <workdir>` first")
 
     def retrieved_prefix(self, documents: Sequence[layout.Document], image_first: bool
                          ) -> np.ndarray:
