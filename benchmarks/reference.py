@@ -1,7 +1,7 @@
 """The reference at its best, shared by the benchmarks that time an external one (torch).
 
-A reference timed at one setting can lose for reasons that are not ours (issue #25: torch at one
-intra-op thread decoded 1.7x slower than at two, which made a 1.2x lead read 2.35x). So each
+A reference timed at one setting can lose for reasons that are not ours (torch at one intra-op
+thread once decoded 1.7x slower than at two, which made a 1.2x lead read 2.35x). So each
 benchmark times the reference at every setting that can be its fastest here (thread counts,
 attention implementations), keeps every setting's figure, and divides ours by the best.
 """
