@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -429,7 +429,7 @@ class Fit:
         return self.tried[0][1]["total"] <= self.machine.budget
 
     @property
-    def found(self) -> Any:
+    def found(self) -> Optional[tuple[Setting, dict[str, int]]]:
         """(setting, footprint) of the first setting within budget, or None."""
         return next(((s, f) for s, f in self.tried if f["total"] <= self.machine.budget), None)
 
