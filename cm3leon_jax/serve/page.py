@@ -8,6 +8,7 @@ shown as gradio's error message in the page, never as a traceback, and the serve
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from typing import Callable
@@ -15,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from cm3leon_jax.serve import run_view
-from cm3leon_jax.serve.service import (IMAGE_SAMPLES, RETRIEVAL_CHOICES, Answer, ImageSettings,
-                                       RequestProblem, Service)
+from cm3leon_jax.serve.service import (IMAGE_SAMPLES, RETRIEVAL_CHOICES, ImageSettings,
+                                       RequestProblem, Sample, Service)
 
 TITLE = "cm3leon_jax"
 NO_PICK = "(none: use the upload)"
@@ -24,8 +25,6 @@ NO_PICK = "(none: use the upload)"
 
 def _guarded(function: Callable) -> Callable:
     """`function` with every failure turned into a message in the page."""
-    import functools  # noqa: PLC0415
-
     import gradio as gr  # noqa: PLC0415
 
     @functools.wraps(function)
@@ -43,12 +42,9 @@ def _guarded(function: Callable) -> Callable:
     return run
 
 
-def _gallery(answer: Answer) -> list[tuple[np.ndarray, str]]:
-    return [(sample.image, sample.label) for sample in answer.samples]
-
-
-def _documents(answer: Answer) -> list[tuple[np.ndarray, str]]:
-    return [(sample.image, sample.label) for sample in answer.documents]
+def _pictures(samples: list[Sample]) -> list[tuple[np.ndarray, str]]:
+    """A gallery's value: (picture, caption) pairs."""
+    return [(sample.image, sample.label) for sample in samples]
 
 
 def build(service: Service):
@@ -120,7 +116,7 @@ def build(service: Service):
                     num_samples=int(samples), cfg_scale=cfg, top_p=top_p, temperature=temperature,
                     contrastive=bool(contrastive), retrieval=retrieval, upscale=bool(upscale),
                     seed=int(seed or 0)))
-                return _gallery(answer), answer.summary, _documents(answer)
+                return _pictures(answer.samples), answer.summary, _pictures(answer.documents)
             inputs = [prompt, retrieval, *settings]
             go.click(_guarded(text_to_image), inputs, [gallery, summary, documents],
                      api_name="text2image")
@@ -138,7 +134,7 @@ def build(service: Service):
 
             def caption(upload, pick, retrieval):
                 answer = service.caption(chosen_image(upload, pick), retrieval)
-                return answer.texts[0], answer.summary, _documents(answer)
+                return answer.texts[0], answer.summary, _pictures(answer.documents)
             go.click(_guarded(caption), [upload, pick, retrieval], [text, summary, documents],
                      api_name="caption")
 
@@ -168,7 +164,7 @@ def build(service: Service):
                 answer = service.edit(chosen_image(upload, pick), instruction, ImageSettings(
                     num_samples=int(samples), cfg_scale=cfg, top_p=top_p, temperature=temperature,
                     contrastive=bool(contrastive), seed=int(seed or 0)))
-                return _gallery(answer), answer.summary
+                return _pictures(answer.samples), answer.summary
             go.click(_guarded(edit), [upload, pick, instruction, *settings], [gallery, summary],
                      api_name="edit")
 

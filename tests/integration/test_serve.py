@@ -7,7 +7,6 @@ under test, not the model) with a 6-example `shapes` test split, a metrics.json,
 logs, an evaluate grid and a data card, so every part of "the run" tab has something to show.
 """
 
-import json
 import os
 import pathlib
 import shutil
