@@ -237,6 +237,9 @@ def main(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     console.say(f"[demo] finished {len(done)} stage(s) in {total:.0f} s ({seconds}); skipped: "
                 f"{', '.join(skipped) or 'none'}; pictures in {paths.Workdir(workdir).demo}, figures in "
                 f"{paths.Workdir(workdir).metrics}")
+    if "sft" in done or "pretrain" in done:
+        console.say(f"[demo] try the model in a browser: pip install -e \".[serve]\" && "
+                    f"python -m cm3leon_jax.serve --workdir {workdir}")
 
 
 if __name__ == "__main__":
