@@ -50,6 +50,7 @@ LAYOUT = (
 
 SUPERRES_RUN = "superres"
 CHECKPOINTS = "checkpoints"  # inside every run directory (decoder, VQ-GAN, bi-encoder)
+TENSORBOARD = "tensorboard"  # the decoder loop's event files, inside its run directory
 UPSAMPLER_EXPORT = "upsampler"  # inside the superres run
 
 
@@ -171,6 +172,11 @@ class Workdir:
 def checkpoints_of(run_directory: str | epath.Path) -> epath.Path:
     """The Orbax directory inside any run directory (decoder, VQ-GAN, bi-encoder)."""
     return epath.Path(run_directory) / CHECKPOINTS
+
+
+def tensorboard_of(run_directory: str | epath.Path) -> epath.Path:
+    """The decoder loop's TensorBoard directory inside its run directory."""
+    return epath.Path(run_directory) / TENSORBOARD
 
 
 def checkpoint_dirs(path: str | epath.Path,

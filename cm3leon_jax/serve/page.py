@@ -194,7 +194,8 @@ def build(service: Service):
             def run_record() -> dict:
                 """Everything the tab shows; curve and grid PNGs as paths on the server."""
                 return {"curves": run_view.curves(service.workdir, scratch),
-                        "grids": run_view.sample_grids(service.workdir),
+                        "grids": (run_view.eval_samples(service.workdir, scratch)
+                                  + run_view.sample_grids(service.workdir)),
                         "metrics": run_view.metrics_markdown(service.workdir),
                         "model_card": run_view.model_card(service.workdir, service.generator),
                         "data_card": run_view.data_card(service.workdir)}

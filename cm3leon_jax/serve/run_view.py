@@ -89,6 +89,38 @@ def curves(workdir: str, out_dir: str) -> dict[str, str]:
     return written
 
 
+EVAL_SAMPLES_TAG = "samples/text_to_image"  # what `train/samples.py` writes at each eval
+EVAL_SAMPLES_SHOWN = 6  # the newest grids of each run
+
+
+def eval_samples(workdir: str, out_dir: str) -> list[tuple[str, str]]:
+    """The text-to-image grids the training loop wrote to TensorBoard at its evals (a row per
+    validation caption: its real image, then the samples), as PNGs in `out_dir`:
+    [(path, caption)], each run's newest last."""
+    import tensorflow as tf  # noqa: PLC0415 - reads the event files
+
+    work = paths.Workdir(workdir)
+    found = []
+    for stage in DECODER_RUNS:
+        events = paths.tensorboard_of(work.run(stage))
+        if not events.exists():
+            continue
+        grids = {}
+        for path in sorted(events.glob("events.out.tfevents.*")):
+            for record in tf.data.TFRecordDataset(str(path)):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    if value.tag == EVAL_SAMPLES_TAG:  # [width, height, PNG, ...] strings
+                        grids[event.step] = tf.make_ndarray(value.tensor)[2]
+        for step in sorted(grids)[-EVAL_SAMPLES_SHOWN:]:
+            os.makedirs(out_dir, exist_ok=True)
+            png = os.path.join(out_dir, f"{stage}_samples_{step}.png")
+            with open(png, "wb") as handle:
+                handle.write(grids[step])
+            found.append((png, f"{stage}: eval samples at step {step} (a row per caption: real, then samples)"))
+    return found
+
+
 def sample_grids(workdir: str) -> list[tuple[str, str]]:
     """The PNG grids a workdir holds: the VQ-GAN's reconstructions, evaluate's, the demo's and
     any a run wrote. [(path, caption)], in that order."""

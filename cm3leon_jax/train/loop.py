@@ -169,7 +169,7 @@ def _train(train_cfg: TrainConfig, workdir: str, task: Task, full_config: Option
     eval_fn = jax.jit(step_lib.make_eval_step(task.loss_fn))
 
     writer = metric_writers.create_default_writer(
-        str(workdir_path / "tensorboard"), just_logging=jax.process_index() > 0)
+        str(paths.tensorboard_of(workdir_path)), just_logging=jax.process_index() > 0)
     report = periodic_actions.ReportProgress(num_train_steps=train_cfg.steps, writer=writer,
                                              every_steps=train_cfg.log_every)
     devices = jax.device_count()

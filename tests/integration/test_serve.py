@@ -38,6 +38,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _eval_sample_grid() -> np.ndarray:
+    """A training-time sample grid (`train/samples.py`'s layout): 2 captions x (real + 3)."""
+    from cm3leon_jax.train import samples  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    return samples.sample_grid(rng.integers(0, 256, (2, 32, 32, 3), np.uint8),
+                               rng.integers(0, 256, (2, 3, 32, 32, 3), np.uint8))
+
+
 def _write_run_records(root: pathlib.Path) -> None:
     """What training, evaluate and prepare leave in a workdir, written by their own writers."""
     from cm3leon_jax import results, visualize  # noqa: PLC0415
@@ -51,6 +60,13 @@ def _write_run_records(root: pathlib.Path) -> None:
                        loop.EVAL_LOG)
         results.write_metrics(str(root), stage, {"train_loss": losses[-1], "steps": 10 * len(losses),
                                                  "eval": {"validation": {"loss": losses[-1] + .2}}})
+    from clu import metric_writers  # noqa: PLC0415
+
+    from cm3leon_jax import paths  # noqa: PLC0415
+
+    writer = metric_writers.create_default_writer(str(paths.tensorboard_of(root / "pretrain")))
+    writer.write_images(30, {"samples/text_to_image": _eval_sample_grid()[None]})
+    writer.close()
     grid = np.zeros((2, 32, 32, 3), np.uint8)
     grid[1] = 200
     (root / "evaluate").mkdir()
@@ -137,7 +153,11 @@ def test_the_run_tab_shows_curves_grids_figures_and_cards(client):
     assert sorted(record["curves"]) == ["pretrain", "sft"]  # no super-resolution run here
     curve = np.asarray(Image.open(record["curves"]["pretrain"]).convert("L"), np.float32)
     assert curve.shape[1] > 400 and curve.std() > 10  # a drawn plot, not an empty canvas
-    assert [caption for _, caption in record["grids"]] == ["evaluate: text2image"]
+    assert [caption for _, caption in record["grids"]] == [
+        "pretrain: eval samples at step 30 (a row per caption: real, then samples)",
+        "evaluate: text2image"]
+    written = np.asarray(Image.open(record["grids"][0][0]).convert("RGB"))
+    assert np.array_equal(written, _eval_sample_grid())  # the training loop's grid, exactly
     figures, model_card, data_card = (record[k] for k in ("metrics", "model_card", "data_card"))
     assert "### sft" in figures and "| train_loss | 2.1 |" in figures
     assert "| eval/validation/loss | 2.3 |" in figures
