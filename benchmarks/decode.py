@@ -19,7 +19,8 @@ For each model shape (`tiny`: d=64, 2 layers, 4 heads, vocab 1,024; `cm3leon`: d
 * bfloat16 (the cm3leon shape): the same weights rounded to bfloat16 on both sides (our
   `dtype=param_dtype=bfloat16`: bfloat16 matmuls accumulating in float32, the KV cache in
   float32 on CPU (`kv_cache.cache_dtype`); torch's model `.to(torch.bfloat16)`, timed at the
-  same settings): half the weight bytes per step, and this CPU has AMX;
+  same settings): half the weight bytes per step (bfloat16 matmul instructions: AMX on Intel, avx512_bf16 on
+  the AMD EPYC of docs/BENCHMARKS.md's figures);
 * the memory-bandwidth bound: a decode step must read every weight once (shared by the batch)
   plus each row's keys and values; with the machine's read bandwidth measured here (jitted and
   numpy sums over a 256 MiB float32 array, best of several), tokens/s <= batch * bandwidth / bytes

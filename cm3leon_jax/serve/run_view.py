@@ -49,12 +49,6 @@ def metrics_markdown(workdir: str) -> str:
     return "\n".join(parts)
 
 
-def _log(run_directory: str, name: str) -> dict[int, dict]:
-    from cm3leon_jax.train import loop  # noqa: PLC0415
-
-    return loop.read_train_log(run_directory, name)
-
-
 def curves(workdir: str, out_dir: str) -> dict[str, str]:
     """PNGs of each decoder run's curves: training loss and every validation loss, against the
     step, from the run's train_log.jsonl / eval_log.jsonl. {run: path}, for the runs of
@@ -64,9 +58,8 @@ def curves(workdir: str, out_dir: str) -> dict[str, str]:
     work = paths.Workdir(workdir)
     written = {}
     for stage in DECODER_RUNS:
-        run = str(work.run(stage))
-        train = _log(run, loop.TRAIN_LOG) if os.path.exists(run) else {}
-        evals = _log(run, loop.EVAL_LOG) if os.path.exists(run) else {}
+        train = loop.read_train_log(str(work.run(stage)), loop.TRAIN_LOG)
+        evals = loop.read_train_log(str(work.run(stage)), loop.EVAL_LOG)
         panels: dict[str, dict[str, plots.Series]] = {}
         steps = sorted(s for s, entry in train.items() if "loss" in entry)
         if steps:
@@ -89,7 +82,6 @@ def curves(workdir: str, out_dir: str) -> dict[str, str]:
     return written
 
 
-EVAL_SAMPLES_TAG = "samples/text_to_image"  # what `train/samples.py` writes at each eval
 EVAL_SAMPLES_SHOWN = 6  # the newest grids of each run
 
 
@@ -98,6 +90,8 @@ def eval_samples(workdir: str, out_dir: str) -> list[tuple[str, str]]:
     validation caption: its real image, then the samples), as PNGs in `out_dir`:
     [(path, caption)], each run's newest last."""
     import tensorflow as tf  # noqa: PLC0415 - reads the event files
+
+    from cm3leon_jax.train import samples  # noqa: PLC0415
 
     work = paths.Workdir(workdir)
     found = []
@@ -110,7 +104,7 @@ def eval_samples(workdir: str, out_dir: str) -> list[tuple[str, str]]:
             for record in tf.data.TFRecordDataset(str(path)):
                 event = tf.compat.v1.Event.FromString(record.numpy())
                 for value in event.summary.value:
-                    if value.tag == EVAL_SAMPLES_TAG:  # [width, height, PNG, ...] strings
+                    if value.tag == samples.TEXT_TO_IMAGE_TAG:  # [width, height, PNG, ...] strings
                         grids[event.step] = tf.make_ndarray(value.tensor)[2]
         for step in sorted(grids)[-EVAL_SAMPLES_SHOWN:]:
             os.makedirs(out_dir, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import threading
 from typing import Optional
 
@@ -220,7 +221,8 @@ class Service:
             data = config_lib.data_config(saved)
             return [(np.asarray(e["image"], np.uint8), str(e["caption"])) for e in
                     catalog.numpy_examples(data, self.workdir, "test", limit=count)]
-        except Exception:  # noqa: BLE001 - no test split here is normal (a moved data dir)
+        except Exception as error:  # noqa: BLE001 - no test split here is normal (a moved data dir)
+            logging.warning("no test-split images to pick from: %s", error)
             return []
 
     # ---------------------------------------------------------------------------- tasks

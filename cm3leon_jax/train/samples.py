@@ -32,6 +32,8 @@ from cm3leon_jax.data.offline import shards
 from cm3leon_jax.data.sources.shapes import scenes
 from cm3leon_jax.evaluation import attributes
 
+TEXT_TO_IMAGE_TAG = "samples/text_to_image"  # the TensorBoard image of each eval's sample grid
+
 
 def validation_examples(prepared, vocab, count: int) -> list[tuple[str, np.ndarray]]:
     """(caption, int32 codes [h, w]) of the first `count` validation documents with an image."""
@@ -102,7 +104,7 @@ def make_on_eval(cfg: ml_collections.ConfigDict, setup, stage: str
                     np.stack([codes for _, codes in examples]))
         generated = np.stack([result.images for result in results])
         grid = sample_grid(real["images"], generated, scale=samples.scale)
-        writer.write_images(step, {"samples/text_to_image": grid[None]})
+        writer.write_images(step, {TEXT_TO_IMAGE_TAG: grid[None]})
         writer.write_texts(step, {"samples/captions": "\n\n".join(
             f"{i}: {caption}" for i, caption in enumerate(captions))})
         note = ""
